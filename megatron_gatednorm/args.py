@@ -1,0 +1,84 @@
+"""Command-line flags of the plugin, for Megatron-LM's ``extra_args_provider``.
+
+``add_gatednorm_args(parser)`` adds a ``gatednorm`` argument group; ``norm_config_from_args``
+turns the parsed namespace into a :class:`NormConfig`. Defaults are read from
+``NormConfig`` (the one source of truth); argparse only carries them. Imports neither torch
+nor Megatron.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Tuple
+
+from megatron_gatednorm.config import (
+    DEFAULTS,
+    GATE_ACTIVATIONS,
+    GATE_UP_INITS,
+    GRANULARITIES,
+    PLACEMENTS,
+    VARIANTS,
+    NormConfig,
+    NormConfigError,
+)
+
+# (flag, NormConfig field, argparse kwargs)
+FLAGS: List[Tuple[str, str, dict]] = [
+    ("--norm-variant", "variant", dict(choices=VARIANTS, help="Normalization of the residual-stream norm slots.")),
+    ("--gatednorm-rank", "rank", dict(type=int, help="Rank r of the low-rank gate.")),
+    ("--gatednorm-gate-activation", "gate_activation", dict(choices=GATE_ACTIVATIONS, help="Gate output nonlinearity.")),
+    ("--gatednorm-granularity", "granularity", dict(choices=GRANULARITIES, help="One gate score per dimension or per token.")),
+    ("--gatednorm-placement", "placement", dict(
+        type=str, help=f"Comma-separated norm slots to replace, from {','.join(PLACEMENTS)}.")),
+    ("--gatednorm-gate-up-init", "gate_up_init", dict(choices=GATE_UP_INITS, help="Initialisation of W_up.")),
+    ("--preaffine-init", "preaffine_init", dict(type=float, help="Initial value of the PreAffine vector.")),
+    ("--dyt-alpha-init", "dyt_alpha_init", dict(type=float, help="Initial DyT alpha.")),
+    ("--residual-clip", "residual_clip", dict(
+        type=float, help="Clamp the residual stream to [-T, T] after every residual add (off if unset).")),
+]
+
+
+def _default(field: str):
+    value = getattr(DEFAULTS, field)
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+def add_gatednorm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the plugin's flags to ``parser``; usable as Megatron's ``extra_args_provider``."""
+    group = parser.add_argument_group(title="gatednorm", description="megatron-gatednorm plugin")
+    for flag, field, kwargs in FLAGS:
+        default = _default(field)
+        group.add_argument(flag, dest=_dest(flag), default=default, **kwargs)
+    return parser
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def norm_config_from_args(args: argparse.Namespace) -> NormConfig:
+    """The plugin config of a parsed namespace (flags absent from it keep their defaults).
+
+    Raises:
+        ValueError: naming the bad flag value and the valid choices.
+    """
+    values = {}
+    for flag, field, _ in FLAGS:
+        value = getattr(args, _dest(flag), None)
+        if value is not None:
+            values[field] = value
+    try:
+        return NormConfig(**values)
+    except NormConfigError as e:
+        flag = next(f for f, field, _ in FLAGS if field == e.field)
+        raise ValueError(f"invalid {flag}={e.value!r}: {e.reason}") from None
+
+
+def norm_config_to_argv(nc: NormConfig) -> List[str]:
+    """The flags that reproduce ``nc`` (only the ones that differ from the defaults)."""
+    argv: List[str] = []
+    for flag, field, _ in FLAGS:
+        value, default = getattr(nc, field), getattr(DEFAULTS, field)
+        if value != default:
+            argv += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+    return argv
