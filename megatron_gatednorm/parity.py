@@ -1,0 +1,225 @@
+"""Parameter counts of a GPT model and the FFN width that keeps a variant at parameter parity.
+
+The paper keeps the total parameter count of every variant equal to the baseline's by
+"slightly reducing FFN capacity". :func:`parity_ffn` does that: it lowers the dense
+``ffn_hidden_size`` (dense models) or, for MoE models, the shared-expert width
+``moe_shared_expert_intermediate_size`` (its per-unit cost is small enough to match a few
+million parameters; one unit of ``moe_ffn_hidden_size`` costs layers × experts × 3h) — or
+``moe_ffn_hidden_size`` when there is no shared expert — to the largest width whose total
+does not exceed the baseline.
+
+Counts are analytic (pure Python, no torch), so the launcher can use them on a login node;
+the test suite checks them against ``GPTModel`` built from the plugin's specs. Field names
+follow Megatron's flags (``--num-layers`` → ``num_layers``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+from megatron_gatednorm.config import NormConfig
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The architecture fields that determine a GPT model's parameter count."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    vocab_size: int
+    num_query_groups: Optional[int] = None
+    kv_channels: Optional[int] = None
+    swiglu: bool = True
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = False
+    untie_embeddings_and_output_weights: bool = False
+    qk_layernorm: bool = False
+    attention_output_gate: bool = False
+    position_embedding_type: str = "rope"
+    max_position_embeddings: int = 4096
+    num_experts: Optional[int] = None
+    moe_ffn_hidden_size: Optional[int] = None
+    moe_shared_expert_intermediate_size: Optional[int] = None
+    moe_shared_expert_gate: bool = False
+    moe_router_topk: int = 2
+    moe_layer_freq: Union[int, List[int]] = 1
+    experimental_attention_variant: Optional[str] = None
+    linear_attention_freq: Optional[Union[int, List[int]]] = None
+    linear_conv_kernel_dim: int = 4
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    linear_num_key_heads: int = 16
+    linear_num_value_heads: int = 32
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    def moe_pattern(self) -> List[int]:
+        if not self.num_experts:
+            return [0] * self.num_layers
+        if isinstance(self.moe_layer_freq, int):
+            return [1 if i % self.moe_layer_freq == 0 else 0 for i in range(self.num_layers)]
+        return list(self.moe_layer_freq)
+
+    def linear_attention_pattern(self) -> List[int]:
+        if self.experimental_attention_variant != "gated_delta_net":
+            return [0] * self.num_layers
+        if isinstance(self.linear_attention_freq, int):
+            return [0 if (i + 1) % self.linear_attention_freq == 0 else 1 for i in range(self.num_layers)]
+        return list(self.linear_attention_freq)
+
+    def replace(self, **changes) -> "ModelShape":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_transformer_config(cls, config, vocab_size: int, **overrides) -> "ModelShape":
+        """Read the fields from a Megatron ``TransformerConfig`` (duck-typed)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {n: getattr(config, n) for n in names if hasattr(config, n)}
+        values.update(
+            vocab_size=vocab_size,
+            num_experts=getattr(config, "num_moe_experts", None),
+            swiglu=bool(getattr(config, "gated_linear_unit", True)),
+            add_qkv_bias=bool(getattr(config, "add_qkv_bias", False)),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def norm_params(hidden: int, nc: Optional[NormConfig], variant: Optional[str] = None) -> int:
+    """Parameters of one residual-stream norm of width ``hidden``."""
+    variant = variant or (nc.variant if nc else "rmsnorm")
+    nc = (nc or NormConfig()).replace(variant=variant)
+    n = hidden  # RMSNorm / DyT gain
+    if nc.preaffine:
+        n += hidden
+    if nc.dyt:
+        n += 1 + hidden
+    if nc.gated:
+        n += nc.rank * hidden + nc.rank * (hidden if nc.granularity == "elementwise" else 1)
+    return n
+
+
+def _slot_variant(nc: Optional[NormConfig], slot: str) -> str:
+    if nc is None or nc.variant == "rmsnorm" or slot not in nc.placement:
+        return "rmsnorm"
+    return nc.variant
+
+
+def _attention_params(s: ModelShape) -> int:
+    h, d = s.hidden_size, s.head_dim
+    q_out = s.num_attention_heads * d * (2 if s.attention_output_gate else 1)
+    qkv_out = q_out + 2 * s.query_groups * d
+    n = h * qkv_out + s.num_attention_heads * d * h
+    if s.add_bias_linear or s.add_qkv_bias:
+        n += qkv_out
+    if s.add_bias_linear:
+        n += h
+    return n
+
+
+def _gated_delta_net_params(s: ModelShape) -> int:
+    h = s.hidden_size
+    qk = s.linear_key_head_dim * s.linear_num_key_heads
+    v = s.linear_value_head_dim * s.linear_num_value_heads
+    in_proj = h * (2 * qk + 2 * v + 2 * s.linear_num_value_heads)
+    conv = (2 * qk + v) * s.linear_conv_kernel_dim
+    return in_proj + conv + 2 * s.linear_num_value_heads + s.linear_value_head_dim + v * h
+
+
+def _mlp_params(h: int, ffn: int, swiglu: bool, bias: bool) -> int:
+    n = h * ffn * (2 if swiglu else 1) + ffn * h
+    if bias:
+        n += ffn * (2 if swiglu else 1) + h
+    return n
+
+
+def _moe_params(s: ModelShape, active: bool) -> int:
+    h = s.hidden_size
+    experts = s.moe_router_topk if active else s.num_experts
+    n = s.num_experts * h  # router
+    n += experts * _mlp_params(h, s.moe_ffn_hidden_size or s.ffn_hidden_size, s.swiglu, s.add_bias_linear)
+    if s.moe_shared_expert_intermediate_size:
+        n += _mlp_params(h, s.moe_shared_expert_intermediate_size, s.swiglu, s.add_bias_linear)
+        if s.moe_shared_expert_gate:
+            n += h
+    return n
+
+
+def count_params(s: ModelShape, nc: Optional[NormConfig] = None, active: bool = False) -> dict:
+    """Parameter count by component; ``total`` is what ``GPTModel`` holds (``active``: per
+    token, counting top-k routed experts). ``nc=None`` is the RMSNorm baseline."""
+    h = s.hidden_size
+    c = dict(embedding=s.vocab_size * h, output_layer=0, attention=0, linear_attention=0, mlp=0, norms=0)
+    if s.untie_embeddings_and_output_weights:
+        c["output_layer"] = s.vocab_size * h
+    if s.position_embedding_type == "learned_absolute":
+        c["embedding"] += s.max_position_embeddings * h
+    attn_norm, mlp_norm = (norm_params(h, nc, _slot_variant(nc, slot)) for slot in ("attn", "mlp"))
+    qk_norm = norm_params(s.head_dim, nc, _slot_variant(nc, "qk")) if s.qk_layernorm else 0
+    for linear, moe in zip(s.linear_attention_pattern(), s.moe_pattern()):
+        if linear:
+            c["linear_attention"] += _gated_delta_net_params(s)
+        else:
+            c["attention"] += _attention_params(s)
+            c["norms"] += 2 * qk_norm
+        c["mlp"] += _moe_params(s, active) if moe else _mlp_params(h, s.ffn_hidden_size, s.swiglu, s.add_bias_linear)
+        c["norms"] += attn_norm + mlp_norm
+    c["norms"] += norm_params(h, nc, _slot_variant(nc, "final"))
+    c["total"] = sum(c.values())
+    return c
+
+
+def _parity_field(s: ModelShape) -> str:
+    if 0 in s.moe_pattern():
+        return "ffn_hidden_size"
+    return "moe_shared_expert_intermediate_size" if s.moe_shared_expert_intermediate_size else "moe_ffn_hidden_size"
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    field: str
+    baseline_width: int
+    width: int
+    baseline_params: int
+    variant_params_before: int
+    params: int
+
+    @property
+    def norm_overhead(self) -> int:
+        return self.variant_params_before - self.baseline_params
+
+    @property
+    def residual(self) -> int:
+        """params − baseline_params after the adjustment (≤ 0, and above −cost of one unit)."""
+        return self.params - self.baseline_params
+
+
+def parity_ffn(s: ModelShape, nc: NormConfig, multiple_of: int = 1) -> ParityReport:
+    """Lower the FFN width (see module doc) so ``nc``'s model has at most the baseline's
+    parameters, as close as a width in steps of ``multiple_of`` allows."""
+    field = _parity_field(s)
+    base_width = getattr(s, field) or s.ffn_hidden_size
+    baseline = count_params(s)["total"]
+    before = count_params(s, nc)["total"]
+    width = base_width
+    if before > baseline:
+        unit = count_params(s.replace(**{field: base_width}), nc)["total"] - count_params(
+            s.replace(**{field: base_width - 1}), nc
+        )["total"]
+        width = base_width - math.ceil((before - baseline) / unit)
+        width -= width % multiple_of
+    if width < 1:
+        raise ValueError(f"invalid {field}={base_width}: too small to absorb the norm overhead")
+    after = count_params(s.replace(**{field: width}), nc)["total"]
+    return ParityReport(field, base_width, width, baseline, before, after)
