@@ -1,0 +1,39 @@
+"""``mgn``: the plugin's command line. Each subcommand lives in ``megatron_gatednorm.commands``
+and imports its heavy dependencies (torch, Megatron) only when it runs, so ``mgn launch``
+works on a login node without them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# name -> module defining HELP, add_arguments(parser) and run(args) -> int
+COMMANDS = {
+    "params": "megatron_gatednorm.commands.params",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mgn", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except ValueError as e:  # user errors: one clear line, no traceback
+        print(f"mgn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

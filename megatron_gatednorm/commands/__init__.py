@@ -1,0 +1,1 @@
+"""Subcommands of ``mgn`` (see megatron_gatednorm.cli)."""

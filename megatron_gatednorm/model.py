@@ -1,0 +1,148 @@
+"""Build a Megatron ``GPTModel`` with the plugin's specs from a :class:`ModelShape`.
+
+Used by the CLI, the tests, the small trainer and the converters so that all of them build
+the same model code as production training. ``megatron.core.parallel_state`` must already be
+initialised (tensor/pipeline/expert layout); :func:`init_distributed` does that for one
+process or a torchrun group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.parity import ModelShape
+from megatron_gatednorm.specs import get_gatednorm_block_spec
+
+_SHAPE_TO_CONFIG = {
+    "num_layers": "num_layers",
+    "hidden_size": "hidden_size",
+    "num_attention_heads": "num_attention_heads",
+    "num_query_groups": "num_query_groups",
+    "kv_channels": "kv_channels",
+    "ffn_hidden_size": "ffn_hidden_size",
+    "swiglu": "gated_linear_unit",
+    "add_bias_linear": "add_bias_linear",
+    "add_qkv_bias": "add_qkv_bias",
+    "qk_layernorm": "qk_layernorm",
+    "attention_output_gate": "attention_output_gate",
+    "num_experts": "num_moe_experts",
+    "moe_ffn_hidden_size": "moe_ffn_hidden_size",
+    "moe_shared_expert_intermediate_size": "moe_shared_expert_intermediate_size",
+    "moe_shared_expert_gate": "moe_shared_expert_gate",
+    "moe_router_topk": "moe_router_topk",
+    "moe_layer_freq": "moe_layer_freq",
+    "experimental_attention_variant": "experimental_attention_variant",
+    "linear_attention_freq": "linear_attention_freq",
+    "linear_conv_kernel_dim": "linear_conv_kernel_dim",
+    "linear_key_head_dim": "linear_key_head_dim",
+    "linear_value_head_dim": "linear_value_head_dim",
+    "linear_num_key_heads": "linear_num_key_heads",
+    "linear_num_value_heads": "linear_num_value_heads",
+}
+
+
+def transformer_config(shape: ModelShape, norm_config: Optional[NormConfig] = None, **overrides) -> TransformerConfig:
+    """A TransformerConfig for ``shape`` (RMSNorm, no dropout unless overridden).
+
+    ``norm_config`` is attached as ``config.norm_config``, where the plugin's specs find it.
+    """
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+    kwargs = dict(
+        normalization="RMSNorm",
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        add_bias_linear=False,
+        bias_activation_fusion=False,
+        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        expert_model_parallel_size=parallel_state.get_expert_model_parallel_world_size(),
+        context_parallel_size=parallel_state.get_context_parallel_world_size(),
+    )
+    for shape_field, config_field in _SHAPE_TO_CONFIG.items():
+        value = getattr(shape, shape_field)
+        if value is not None and config_field in fields:
+            kwargs[config_field] = value
+    if shape.swiglu:
+        kwargs["activation_func"] = F.silu
+    if shape.num_experts:
+        kwargs.setdefault("moe_token_dispatcher_type", "alltoall")
+        kwargs.setdefault("moe_grouped_gemm", False)
+    kwargs.update(overrides)
+    config = TransformerConfig(**kwargs)
+    config.norm_config = norm_config if norm_config is not None else NormConfig()
+    return config
+
+
+def build_gpt_model(
+    shape: ModelShape,
+    config: TransformerConfig,
+    use_transformer_engine: bool = False,
+    max_sequence_length: Optional[int] = None,
+    vp_stage: Optional[int] = None,
+) -> GPTModel:
+    """This pipeline stage's GPTModel with the plugin's block spec (``config.norm_config``)."""
+    pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    spec = get_gatednorm_block_spec(
+        config, use_transformer_engine=use_transformer_engine, vp_stage=vp_stage
+    )
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=shape.vocab_size,
+        max_sequence_length=max_sequence_length or shape.max_position_embeddings,
+        position_embedding_type=shape.position_embedding_type,
+        share_embeddings_and_output_weights=not shape.untie_embeddings_and_output_weights,
+        pre_process=pre,
+        post_process=post,
+        vp_stage=vp_stage,
+    )
+
+
+def init_distributed(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    expert_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
+    seed: int = 1234,
+) -> None:
+    """Initialise torch.distributed (env:// under torchrun, else a 1-process group) and
+    Megatron's model-parallel state; apply the CPU shim when there is no CUDA."""
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        from megatron_gatednorm.cpu_shim import apply_cpu_shim
+
+        apply_cpu_shim()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "RANK" in os.environ:
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group(backend)
+        else:
+            from torch.distributed import FileStore
+            import tempfile
+
+            store = FileStore(tempfile.mktemp(prefix="mgn-store-"), 1)
+            dist.init_process_group(backend, store=store, rank=0, world_size=1)
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        expert_model_parallel_size=expert_model_parallel_size,
+        context_parallel_size=context_parallel_size,
+    )
+    model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,41 @@
+"""The paper's model architectures (arXiv 2601.22966, App. A.4.1, Table 5) as ModelShapes.
+
+Stated there: layers, hidden size, softmax/linear attention layout, heads, head dims, FFN or
+per-expert width, experts / shared / top-k, tied embeddings. Not stated, chosen here:
+the vocabulary (151,936, Qwen's), QK-norm on (the models follow Qwen3 / Qwen3-Next), gated
+attention on (the paper's baseline), SwiGLU, no biases, and the shared-expert width equal to
+the per-expert width. Counts from these shapes are checked against GPTModel in the tests.
+"""
+
+from megatron_gatednorm.parity import ModelShape
+
+_COMMON = dict(
+    hidden_size=2048,
+    kv_channels=256,
+    vocab_size=151936,
+    swiglu=True,
+    qk_layernorm=True,
+    attention_output_gate=True,
+)
+
+PAPER_MODELS = {
+    "dense-2b": ModelShape(
+        num_layers=28, num_attention_heads=8, num_query_groups=2, ffn_hidden_size=6144, **_COMMON
+    ),
+    "moe-7b-a2b": ModelShape(
+        num_layers=48, num_attention_heads=8, num_query_groups=1, ffn_hidden_size=384,
+        num_experts=128, moe_ffn_hidden_size=384, moe_shared_expert_intermediate_size=384,
+        moe_router_topk=6, untie_embeddings_and_output_weights=True,
+        experimental_attention_variant="gated_delta_net", linear_attention_freq=4,
+        linear_key_head_dim=128, linear_value_head_dim=128,
+        linear_num_key_heads=8, linear_num_value_heads=16, **_COMMON,
+    ),
+    "moe-24b-a3b": ModelShape(
+        num_layers=24, num_attention_heads=16, num_query_groups=2, ffn_hidden_size=512,
+        num_experts=256, moe_ffn_hidden_size=512, moe_shared_expert_intermediate_size=512,
+        moe_router_topk=8, untie_embeddings_and_output_weights=True,
+        experimental_attention_variant="gated_delta_net", linear_attention_freq=4,
+        linear_key_head_dim=128, linear_value_head_dim=128,
+        linear_num_key_heads=16, linear_num_value_heads=32, **_COMMON,
+    ),
+}
