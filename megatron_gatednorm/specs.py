@@ -29,6 +29,8 @@ composes with every spec here.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from typing import List, Optional
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -47,6 +49,8 @@ from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.norms import norm_class
 from megatron_gatednorm.ops.reference import residual_clip
 
+# Megatron's TE wrapper classes import without Transformer Engine (they fail when built),
+# which lets the TE specs be assembled and inspected anywhere; HAVE_TE says if they can run.
 try:
     from megatron.core.extensions.transformer_engine import (
         TEColumnParallelLinear,
@@ -54,8 +58,13 @@ try:
         TENorm,
         TERowParallelLinear,
     )
+except ImportError:  # pragma: no cover - megatron-core without the extensions module
+    TEColumnParallelLinear = TELayerNormColumnParallelLinear = TENorm = TERowParallelLinear = None
 
-    HAVE_TE = True
+try:
+    import transformer_engine  # noqa: F401
+
+    HAVE_TE = TENorm is not None
 except ImportError:  # CPU machines and GPU images without Transformer Engine
     HAVE_TE = False
 
@@ -91,8 +100,33 @@ def _module(spec):
     return spec.func if hasattr(spec, "func") else getattr(spec, "module", spec)
 
 
+def _copy_spec(spec):
+    """Copy a spec's tree of ModuleSpecs / builder partials / submodule dataclasses (what the
+    transform mutates); module classes and functions are shared, not copied."""
+    if isinstance(spec, functools.partial):
+        kwargs = dict(spec.keywords)
+        if "submodules" in kwargs:
+            kwargs["submodules"] = _copy_submodules(kwargs["submodules"])
+        return functools.partial(spec.func, *spec.args, **kwargs)
+    if isinstance(spec, ModuleSpec):
+        new = copy.copy(spec)
+        new.params = dict(spec.params)
+        new.submodules = _copy_submodules(spec.submodules)
+        return new
+    return spec
+
+
+def _copy_submodules(sub):
+    if not dataclasses.is_dataclass(sub) or isinstance(sub, type):
+        return sub
+    new = copy.copy(sub)
+    for f in dataclasses.fields(sub):
+        setattr(new, f.name, _copy_spec(getattr(sub, f.name)))
+    return new
+
+
 def _unfuse(submodules, field: str) -> None:
-    if HAVE_TE and getattr(submodules, field, None) is TELayerNormColumnParallelLinear:
+    if TELayerNormColumnParallelLinear is not None and getattr(submodules, field, None) is TELayerNormColumnParallelLinear:
         setattr(submodules, field, TEColumnParallelLinear)
 
 
@@ -130,7 +164,7 @@ def _gated_delta_net_attention(use_te: bool, input_fused: bool) -> ModuleSpec:
 
 def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool = False):
     """Copy of an upstream layer spec with the plugin's norms in place (see module doc)."""
-    spec = copy.deepcopy(spec)
+    spec = _copy_spec(spec)
     sub = _submodules(spec)
     keys = dict(sub.sharded_state_dict_keys_map)
     is_moe = _module(sub.mlp).__name__ == "MoELayer"
