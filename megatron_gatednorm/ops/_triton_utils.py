@@ -1,7 +1,7 @@
 """Triton availability, interpreter detection, launch settings and contiguity for the fused norms.
 
 Importing this module never imports triton; :func:`triton_status` does, once, and caches
-the answer. The kernel module (``gated_rms_norm``) is imported lazily through
+the answer. The kernel module (``triton_rms_norm``) is imported lazily through
 :func:`kernel_module` because triton decides at ``@triton.jit`` decoration time whether a
 kernel is compiled or interpreted (``TRITON_INTERPRET=1``), so the environment variable must
 be set before the first fused call, not merely before ``import megatron_gatednorm``.
@@ -41,9 +41,9 @@ def kernel_module():
     ok, why = triton_status()
     if not ok:
         raise RuntimeError(f"fused norm kernels need triton, which is not importable ({why})")
-    from megatron_gatednorm.ops import gated_rms_norm
+    from megatron_gatednorm.ops import triton_rms_norm
 
-    return gated_rms_norm
+    return triton_rms_norm
 
 
 def next_pow2(n: int) -> int:
