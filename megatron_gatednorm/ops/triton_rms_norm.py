@@ -92,7 +92,8 @@ def _fwd_kernel(
     BM: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr,
     HAS_S: tl.constexpr, GATED: tl.constexpr, ZERO_CENTERED: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    # int64 rows: row * stride overflows int32 beyond 2^31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
     rmask = rows < M
     rr = tl.arange(0, RP)
     sumsq = tl.zeros((BM,), tl.float32)
@@ -133,7 +134,8 @@ def _bwd_dx_kernel(
     BM: tl.constexpr, BD: tl.constexpr, RP: tl.constexpr,
     HAS_S: tl.constexpr, GATED: tl.constexpr, ZERO_CENTERED: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    # int64 rows: row * stride overflows int32 beyond 2^31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
     rmask = rows < M
     rr = tl.arange(0, RP)
     rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
@@ -206,7 +208,7 @@ def _bwd_dw_kernel(
         dwu = tl.zeros((BDW, RP), tl.float32)
         dwd_t = tl.zeros((BDW, RP), tl.float32)
     for r0 in range(group * BM, M, num_groups * BM):
-        rows = r0 + tl.arange(0, BM)
+        rows = tl.arange(0, BM).to(tl.int64) + r0
         rmask = rows < M
         m2 = rmask[:, None] & cmask[None, :]
         x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
