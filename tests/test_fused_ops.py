@@ -122,6 +122,35 @@ def test_matches_float64_reference(kernels, pre, gated, rows, d, rank, zc, dtype
         assert _rel_err(grads[name], ref_grads[name]) < param_tol, name
 
 
+def test_bf16_parameters(kernels):
+    """Megatron --bf16 keeps the norm parameters in bf16: gradients come back in bf16."""
+    d, rank = 72, 16
+    params = {k: v.bfloat16() for k, v in _params(d, rank, pre=True, gated=True, zc=False).items()}
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(24, d, generator=g).bfloat16()
+    do = torch.randn(24, d, generator=g).bfloat16()
+    out, grads = _run(_fused(kernels, False), x, do, params)
+    ref_out, ref_grads = _run(
+        lambda x, ps: _reference(x, ps, False), x.double(), do.double(),
+        {k: v.double() for k, v in params.items()},
+    )
+    assert _rel_err(out, ref_out) < 1.6e-2
+    for name in grads:
+        assert grads[name].dtype == torch.bfloat16
+        assert _rel_err(grads[name], ref_grads[name]) < 1.6e-2, name
+
+
+def test_max_hidden_16384_forward(kernels):
+    """The widest supported row, forward only: the interpreted backward at this width takes ~10 s
+    on 2 cores, and its multi-chunk loops are already covered at d=1000 (8 chunks)."""
+    d, rank = 16384, 16
+    params = _params(d, rank, pre=True, gated=True, zc=False)
+    x = torch.randn(2, d, generator=torch.Generator().manual_seed(5))
+    out = kernels.gated_rms_norm(x, **params)
+    ref = _reference(x.double(), {k: v.double() for k, v in params.items()}, False)
+    assert _rel_err(out, ref) < 2e-5
+
+
 def test_non_contiguous_and_batched(kernels):
     """[s, b, d] transposed input, a strided last dim, and a non-contiguous upstream grad."""
     d, rank = 72, 16
