@@ -13,7 +13,8 @@ Per row ``x ∈ R^d`` (fp32 statistics; ``s`` = PreAffine λ1, or 1; ``γ`` = ``
 Forward (one row-block kernel): the first sweep over the row accumulates Σu² and the raw
 projection ``W_d (γ ⊙ s ⊙ x)`` together (a 1+r wide row reduction, tensor cores via
 ``tl.dot``); ``z`` is the projection times ``rstd``. The second sweep re-reads the
-row block (from L2: 16 rows) and writes ``out``. Saved: ``x``, ``rstd [M]``, ``z [M, r]``.
+row block (expected to hit L2: 16 rows) and writes ``out``. Saved: ``x``, ``rstd [M]`` and
+``z [M, r_pad]`` (``r`` padded to a power of two >= 16 with zero columns).
 
 Backward, given ``do = ∂L/∂out`` (``σ'(t) = σ(t)(1-σ(t))``, ``silu'(t) = σ(t)(1 + t(1-σ(t)))``)::
 
@@ -22,7 +23,7 @@ Backward, given ``do = ∂L/∂out`` (``σ'(t) = σ(t)(1-σ(t))``, ``silu'(t) = 
     c   = mean(dy ⊙ y) = (Σ do ⊙ out + dz · z) / d        (no extra d-wide pass needed)
     du  = rstd · (γ ⊙ dy − c · n)
     dx  = s ⊙ du
-    dγ  = Σ_rows dy ⊙ n          (= d weight, also with zero-centred gamma)
+    dγ  = Σ_rows dy ⊙ n          (= ∂L/∂weight, also with zero-centred gamma: γ = 1 + weight)
     dλ1 = Σ_rows du ⊙ x
     dW_u = Σ_rows dl ⊗ a         ([d, r])
     dW_d = Σ_rows dz ⊗ y         ([r, d])
@@ -35,16 +36,18 @@ stored. Backward runs two kernels:
 2. weight-gradient kernel on a ``(column slice, row group)`` grid: each program owns a
    ``block_d_w``-column slice and a strided group of row blocks and accumulates ``dγ``,
    ``dλ1``, ``dW_u`` and ``dW_dᵀ`` for that slice in fp32 registers, then writes one
-   partial row per row group. The partial buffers are ``[P, d]`` / ``[P, d, r]`` with
-   ``P`` ≈ 4·SMs / column slices (bounded by 256, independent of the token count), summed
-   in fp32 by ``torch.sum`` — deterministic, no atomics.
+   partial row per row group. The partial buffers are ``[P, d]`` / ``[P, d, r_pad]`` with
+   ``P = min(row blocks, ceil(4·SMs / column slices), 256)``, independent of the token
+   count; ``torch.sum`` reduces them in fp32: deterministic, no atomics.
 
 HBM traffic (bf16, per token): forward ≈ 4d (+4 rstd, +4r z); backward ≈ 10d: kernel 2
 reads ``x`` and ``do`` a second time — the price of bounded partials without a
 full-row fp32 accumulator per program. Unmeasured on a GPU.
 
 Dot precision: fp32 inputs use ``ieee`` products (the eager spec is fp32); 16-bit inputs use
-``tf32`` (its error is below the bf16/fp16 output rounding). The interpreter ignores it.
+``tf32``, whose ~1e-3 relative product error is expected to stay at the level of bf16/fp16
+output rounding (not verified on a GPU). Triton's interpreter ignores ``input_precision``
+and multiplies in full fp32, so the CPU tests do not cover the tf32 error.
 """
 
 from __future__ import annotations
