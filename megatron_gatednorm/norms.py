@@ -27,7 +27,7 @@ seeds identically on all tensor-parallel ranks, so replicas start bit-identical.
 Implementation path: each forward picks the fused Triton kernels or the eager reference via
 :func:`megatron_gatednorm.ops.dispatch.choose_impl` (``MGN_NORM_IMPL=auto|eager|fused``),
 records it in ``module.impl_decision`` and logs each distinct (class, width, decision) once,
-e.g. ``fused: cuda input, triton 3.4.0`` or ``eager: gate_activation=tanh not fused``.
+e.g. ``fused: cuda input, triton <version>`` or ``eager: gate_activation=tanh not fused``.
 """
 
 from __future__ import annotations
