@@ -5,6 +5,11 @@ per-expert width, experts / shared / top-k, tied embeddings. Not stated, chosen 
 the vocabulary (151,936, Qwen's), QK-norm on (the models follow Qwen3 / Qwen3-Next), gated
 attention on (the paper's baseline), SwiGLU, no biases, and the shared-expert width equal to
 the per-expert width. Counts from these shapes are checked against GPTModel in the tests.
+
+Table 5 does not reproduce the paper's headline sizes: as stated it gives 16.0B total / 2.2B
+active parameters for "MoE-7B-A2B" (the paper: 7.4B / 1.7B) and 20.8B / 2.1B for "MoE-24B-A3B"
+(24.6B / 2.7B), with any vocabulary. The shapes keep Table 5's numbers; ``mgn params`` prints the
+counts they imply.
 """
 
 from megatron_gatednorm.parity import ModelShape
