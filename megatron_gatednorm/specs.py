@@ -91,13 +91,18 @@ def _replaces(nc: NormConfig, slot: str) -> bool:
     return nc.variant != "rmsnorm" and slot in nc.placement
 
 
-def _submodules(spec):
+def spec_submodules(spec):
     """``submodules`` of a ModuleSpec (0.16) or of a ``functools.partial`` builder (0.19)."""
     return spec.keywords["submodules"] if hasattr(spec, "keywords") else spec.submodules
 
 
-def _module(spec):
-    return spec.func if hasattr(spec, "func") else getattr(spec, "module", spec)
+def spec_module(spec):
+    """The module class a spec builds: a class, a ``ModuleSpec``'s module, or the class behind a
+    ``functools.partial`` builder (``partial(MoELayer, ...)``, ``partial(MLP.as_mlp_submodule, ...)``)."""
+    if isinstance(spec, functools.partial):
+        func = spec.func
+        return func.__self__ if isinstance(getattr(func, "__self__", None), type) else func
+    return getattr(spec, "module", spec)
 
 
 def _copy_spec(spec):
@@ -165,15 +170,15 @@ def _gated_delta_net_attention(use_te: bool, input_fused: bool) -> ModuleSpec:
 def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool = False):
     """Copy of an upstream layer spec with the plugin's norms in place (see module doc)."""
     spec = _copy_spec(spec)
-    sub = _submodules(spec)
+    sub = spec_submodules(spec)
     keys = dict(sub.sharded_state_dict_keys_map)
-    is_moe = _module(sub.mlp).__name__ == "MoELayer"
+    is_moe = spec_module(sub.mlp).__name__ == "MoELayer"
     plain = norm_module_spec(nc, "rmsnorm")
 
     if gated_delta_net:
         sub.self_attention = _gated_delta_net_attention(use_te, input_fused=not _replaces(nc, "attn"))
         sub.input_layernorm = IdentityOp if use_te else plain
-    attn = _submodules(sub.self_attention)
+    attn = spec_submodules(sub.self_attention)
     if _replaces(nc, "attn"):
         sub.input_layernorm = norm_module_spec(nc)
         _unfuse(attn, "linear_qkv")
@@ -187,13 +192,13 @@ def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool =
         # Only per-head QK-norms of softmax attention (MLA's latent norms and L2Norm stay).
         current = getattr(attn, field, IdentityOp)
         if qk_norm is not None and hasattr(attn, "linear_qkv") and current not in (IdentityOp, None):
-            if _module(current).__name__ != "L2Norm":
+            if spec_module(current).__name__ != "L2Norm":
                 setattr(attn, field, qk_norm)
 
     if _replaces(nc, "mlp"):
         sub.pre_mlp_layernorm = norm_module_spec(nc)
         if not is_moe:
-            _unfuse(_submodules(sub.mlp), "linear_fc1")
+            _unfuse(spec_submodules(sub.mlp), "linear_fc1")
         keys.pop("pre_mlp_layernorm.", None)
     elif not use_te:
         sub.pre_mlp_layernorm = plain
@@ -262,8 +267,12 @@ def get_gatednorm_layer_specs(
     config, norm_config: NormConfig, use_transformer_engine: bool
 ) -> List[ModuleSpec]:
     """Per-layer specs of the whole decoder (all pipeline stages), in layer order."""
+    # Upstream builds the dense/MoE softmax-attention layers; the Gated DeltaNet layers of a
+    # hybrid model are swapped in below (megatron-core 0.19 refuses the hybrid config here).
+    softmax_only = copy.copy(config)
+    softmax_only.experimental_attention_variant = None
     upstream = _gpt_specs.get_gpt_decoder_layer_specs(
-        config,
+        softmax_only,
         use_transformer_engine,
         normalization="RMSNorm",
         qk_l2_norm=getattr(config, "qk_l2_norm", False),
@@ -363,5 +372,7 @@ __all__ = [
     "get_gatednorm_layer_specs",
     "gatednorm_block_spec_from_args",
     "norm_module_spec",
+    "spec_module",
+    "spec_submodules",
     "validate_spec_config",
 ]
