@@ -23,24 +23,35 @@ _COMMON = dict(
     attention_output_gate=True,
 )
 
+# Table 5's MoE models: hybrid (3 Gated DeltaNet layers per softmax-attention layer), one
+# shared expert, untied embeddings, linear-attention head dim 128.
+_HYBRID_MOE = dict(
+    untie_embeddings_and_output_weights=True,
+    experimental_attention_variant="gated_delta_net",
+    linear_attention_freq=4,
+    linear_key_head_dim=128,
+    linear_value_head_dim=128,
+    **_COMMON,
+)
+
+
+def _moe(expert_width: int, **fields) -> ModelShape:
+    return ModelShape(
+        ffn_hidden_size=expert_width, moe_ffn_hidden_size=expert_width,
+        moe_shared_expert_intermediate_size=expert_width, **fields, **_HYBRID_MOE,
+    )
+
+
 PAPER_MODELS = {
     "dense-2b": ModelShape(
         num_layers=28, num_attention_heads=8, num_query_groups=2, ffn_hidden_size=6144, **_COMMON
     ),
-    "moe-7b-a2b": ModelShape(
-        num_layers=48, num_attention_heads=8, num_query_groups=1, ffn_hidden_size=384,
-        num_experts=128, moe_ffn_hidden_size=384, moe_shared_expert_intermediate_size=384,
-        moe_router_topk=6, untie_embeddings_and_output_weights=True,
-        experimental_attention_variant="gated_delta_net", linear_attention_freq=4,
-        linear_key_head_dim=128, linear_value_head_dim=128,
-        linear_num_key_heads=8, linear_num_value_heads=16, **_COMMON,
+    "moe-7b-a2b": _moe(
+        384, num_layers=48, num_attention_heads=8, num_query_groups=1, num_experts=128,
+        moe_router_topk=6, linear_num_key_heads=8, linear_num_value_heads=16,
     ),
-    "moe-24b-a3b": ModelShape(
-        num_layers=24, num_attention_heads=16, num_query_groups=2, ffn_hidden_size=512,
-        num_experts=256, moe_ffn_hidden_size=512, moe_shared_expert_intermediate_size=512,
-        moe_router_topk=8, untie_embeddings_and_output_weights=True,
-        experimental_attention_variant="gated_delta_net", linear_attention_freq=4,
-        linear_key_head_dim=128, linear_value_head_dim=128,
-        linear_num_key_heads=16, linear_num_value_heads=32, **_COMMON,
+    "moe-24b-a3b": _moe(
+        512, num_layers=24, num_attention_heads=16, num_query_groups=2, num_experts=256,
+        moe_router_topk=8, linear_num_key_heads=16, linear_num_value_heads=32,
     ),
 }
