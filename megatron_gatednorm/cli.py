@@ -18,6 +18,8 @@ PASSTHROUGH = {
 COMMANDS = {
     "params": "megatron_gatednorm.commands.params",
     "data": "megatron_gatednorm.commands.data",
+    "outliers": "megatron_gatednorm.commands.outliers",
+    "quant": "megatron_gatednorm.commands.quant",
 }
 
 
