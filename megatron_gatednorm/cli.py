@@ -20,6 +20,7 @@ COMMANDS = {
     "data": "megatron_gatednorm.commands.data",
     "outliers": "megatron_gatednorm.commands.outliers",
     "quant": "megatron_gatednorm.commands.quant",
+    "experiment": "megatron_gatednorm.commands.experiment",
 }
 
 
