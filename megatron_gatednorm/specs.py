@@ -178,6 +178,7 @@ def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool =
     if gated_delta_net:
         sub.self_attention = _gated_delta_net_attention(use_te, input_fused=not _replaces(nc, "attn"))
         sub.input_layernorm = IdentityOp if use_te else plain
+        keys.pop("input_layernorm.", None)  # Gated DeltaNet has no linear_qkv to alias it to
     attn = spec_submodules(sub.self_attention)
     if _replaces(nc, "attn"):
         sub.input_layernorm = norm_module_spec(nc)
