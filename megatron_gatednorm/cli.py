@@ -12,6 +12,7 @@ from typing import List, Optional
 # name -> module defining HELP, add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "params": "megatron_gatednorm.commands.params",
+    "convert": "megatron_gatednorm.commands.convert",
 }
 
 
