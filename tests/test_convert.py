@@ -94,7 +94,8 @@ def test_hf_logits_and_greedy_match_megatron(case, saved, converted):
         ref = torch.tensor(saved[key]["logits"])
         diff = float((logits - ref).abs().max())
         assert diff < LOGITS_ATOL, (key, diff)
-        assert float(ref.abs().max()) > 0.1, key  # not a degenerate all-zero comparison
+        # and relative to the logits' scale (DyT models have small logits): a real comparison
+        assert diff < 1e-3 * float(ref.abs().max()), (key, diff, float(ref.abs().max()))
         generated = model.generate(toks, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         assert generated.tolist() == saved[key]["greedy"], key
 
@@ -176,7 +177,7 @@ def test_round_trips(saved, converted, work):
     for pair, r in results.items():
         case = Path(pair.split("@")[0]).name
         ref = torch.tensor(saved[f"{case}/tp2"]["logits"])
-        assert r["changed"] > 0.1, pair  # the load replaced the freshly built weights
+        assert r["changed"] > 0.1 * float(ref.abs().max()), pair  # the load replaced the built weights
         diff = float((torch.tensor(r["logits"]) - ref).abs().max())
         assert diff < FP32_TIGHT, (pair, diff)
 

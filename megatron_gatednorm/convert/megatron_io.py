@@ -240,6 +240,7 @@ def read_checkpoint(load_dir) -> Tuple[Arch, argparse.Namespace, Tensors]:
     """Offline read of a torch_dist checkpoint: ``(arch, args, {global key: full tensor})``."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     path, _ = iteration_dir(load_dir)
@@ -264,7 +265,7 @@ def read_checkpoint(load_dir) -> Tuple[Arch, argparse.Namespace, Tensors]:
         raise CheckpointError(f"{path}: shard file(s) missing: {', '.join(missing)}")
     try:
         dcp_load(tensors, storage_reader=reader, no_dist=True)
-    except Exception as e:  # noqa: BLE001 - truncated/corrupt shards raise assorted errors
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - truncated/corrupt shards raise assorted errors
         msg = str(e).strip().splitlines()
         raise CheckpointError(
             f"{path}: a tensor shard failed to read ({type(e).__name__}: {msg[-1] if msg else ''})"
@@ -377,6 +378,23 @@ def _process_group() -> Iterator[None]:
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _cpu_synchronize() -> Iterator[None]:
+    """dist_checkpointing.save calls torch.cuda.synchronize() and torch.cuda.current_device();
+    without CUDA make them a no-op and "cpu", only for the duration of the save (unlike the
+    process-wide cpu_shim that training on CPU uses)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.synchronize, torch.cuda.current_device
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.current_device = lambda: "cpu"
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize, torch.cuda.current_device = original
+
+
 def _common_state(args, iteration: int) -> dict:
     return dict(args=args, iteration=iteration, checkpoint_version=CHECKPOINT_VERSION)
 
@@ -393,9 +411,35 @@ def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, 
         key: ShardedTensor.from_rank_offsets(key, t.contiguous(), replica_id=0)
         for key, t in sorted(tensors.items())
     }
-    with _process_group():
+    model.update(_linear_extra_states(tensors))
+    with _process_group(), _cpu_synchronize():
         dist_checkpointing.save(dict(model=model, **_common_state(args, iteration)), str(iter_dir))
     (Path(out_dir) / TRACKER).write_text(str(iteration))
+
+
+_LINEAR = re.compile(r"^(decoder\.layers\.(?:(\d+)\.)?.*(?:linear_qkv|linear_proj|linear_fc1|linear_fc2))\.weight$")
+
+
+def _linear_extra_states(tensors: Tensors) -> dict:
+    """The ``_extra_state`` objects Megatron's local linear layers checkpoint (``None`` for
+    the local spec), one per stacked layer/expert, e.g. ``decoder.layers.mlp.linear_fc1.
+    _extra_state/shard_1_2``; loading into a model fails if they are missing."""
+    import itertools
+
+    from megatron.core.dist_checkpointing import ShardedObject
+
+    out = {}
+    for key, t in tensors.items():
+        m = _LINEAR.match(key)
+        if not m:
+            continue
+        stacked = (0 if m.group(2) is not None else 1) + (1 if ".experts.experts." in key else 0)
+        shape = tuple(t.shape[:stacked]) or (1,)
+        name = f"{m.group(1)}._extra_state"
+        for offset in itertools.product(*(range(n) for n in shape)):
+            obj = ShardedObject(name, None, shape, offset, replica_id=0)
+            out[obj.unique_key] = obj
+    return out
 
 
 def save_megatron_checkpoint(model, save_dir, args: argparse.Namespace, iteration: int = 0) -> None:
