@@ -18,6 +18,7 @@ PASSTHROUGH = {
 COMMANDS = {
     "params": "megatron_gatednorm.commands.params",
     "data": "megatron_gatednorm.commands.data",
+    "convert": "megatron_gatednorm.commands.convert",
     "outliers": "megatron_gatednorm.commands.outliers",
     "quant": "megatron_gatednorm.commands.quant",
     "experiment": "megatron_gatednorm.commands.experiment",

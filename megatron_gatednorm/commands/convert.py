@@ -1,0 +1,55 @@
+"""``mgn convert``: Megatron torch_dist checkpoints ⇄ Hugging Face folders, offline on CPU.
+
+``mgn convert to-hf --load <megatron save dir> --out <hf dir> [--tokenizer DIR]`` and
+``mgn convert to-megatron --hf <hf dir> --out <megatron dir> [--tp N --pp N --ep N]``.
+See ``megatron_gatednorm/convert/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Convert Megatron distributed checkpoints to Hugging Face folders and back (CPU, offline)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
+    h = sub.add_parser("to-hf", help="Megatron torch_dist checkpoint -> HF safetensors folder")
+    h.add_argument("--load", required=True, help="Megatron-LM save dir (with latest_checkpointed_iteration.txt) or an iter_* dir")
+    h.add_argument("--out", required=True, help="output HF folder (must not exist unless --overwrite)")
+    h.add_argument("--tokenizer", default=None, help="local HF tokenizer folder to copy into the output")
+    h.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="cast weights (default: as saved)")
+    h.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
+    h.add_argument("--gatednorm-arch", action="store_true",
+                   help="write the GatedNorm HF architecture even for a stock-expressible baseline")
+    h.add_argument("--overwrite", action="store_true")
+    h.add_argument("--no-progress", action="store_true")
+    m = sub.add_parser("to-megatron", help="HF folder -> Megatron-LM torch_dist checkpoint")
+    m.add_argument("--hf", required=True, help="HF folder (Qwen3, Qwen3-MoE, Llama or GatedNorm)")
+    m.add_argument("--out", required=True, help="output Megatron save dir (must not exist unless --overwrite)")
+    m.add_argument("--tp", type=int, default=1, help="tensor_model_parallel_size saved in args")
+    m.add_argument("--pp", type=int, default=1, help="pipeline_model_parallel_size saved in args")
+    m.add_argument("--ep", type=int, default=1, help="expert_model_parallel_size saved in args")
+    m.add_argument("--vocab-size", type=int, default=None, help="unpadded tokenizer vocab size for args (default: the padded size)")
+    m.add_argument("--overwrite", action="store_true")
+
+
+def run(args) -> int:
+    if args.direction == "to-hf":
+        from megatron_gatednorm.convert.to_hf import convert_to_hf
+
+        name = convert_to_hf(
+            args.load, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
+            max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+            force_gatednorm=args.gatednorm_arch, progress=not args.no_progress,
+        )
+        print(f"wrote {args.out} ({name})")
+    else:
+        from megatron_gatednorm.convert.to_megatron import convert_to_megatron
+
+        arch = convert_to_megatron(
+            args.hf, args.out, tp=args.tp, pp=args.pp, ep=args.ep, overwrite=args.overwrite,
+            vocab_size=args.vocab_size,
+        )
+        print(f"wrote {args.out} (norm variant {arch.norm_config.variant}; load with --finetune or --no-load-optim --no-load-rng)")
+    return 0

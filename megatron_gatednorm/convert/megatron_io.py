@@ -1,0 +1,480 @@
+"""Megatron-LM checkpoints on disk: the saved ``args`` ⇄ (ModelShape, NormConfig), and
+torch_dist tensors read/written offline on CPU.
+
+Layout (what Megatron-LM writes and ``--load`` reads)::
+
+    <dir>/latest_checkpointed_iteration.txt      # "0"
+    <dir>/iter_0000000/common.pt                 # args (argparse.Namespace), iteration, checkpoint_version
+    <dir>/iter_0000000/.metadata, __*_*.distcp   # torch_dist tensors under their ShardedTensor keys
+    <dir>/iter_0000000/metadata.json
+
+torch_dist tensors are stored once at their global (unsharded) shape, so reading needs no
+process group and no model (``torch.distributed.checkpoint`` with the file's metadata), and a
+checkpoint written from one process loads at any TP/PP/EP. Decoder tensors of homogeneous
+models are stacked over layers (``decoder.layers.X [L, ...]``), otherwise stored per layer
+(``decoder.layers.{i}.X``); routed experts are stacked over experts
+(``...mlp.experts.experts.linear_fc1.weight [(L,) E, ...]``) whatever the in-memory layout
+(SequentialMLP, TEGroupedMLP, GroupedMLP). :func:`unstack` / :func:`stack` convert between
+that and the per-layer, per-expert names of :mod:`megatron_gatednorm.convert.mapping`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+
+from megatron_gatednorm.args import FLAGS, _dest, norm_config_from_args
+from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.parity import ModelShape
+
+TRACKER = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 3.0
+Tensors = Dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or HF folder that cannot be converted; the message names file and problem."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Everything the converters need to rebuild a model: Megatron's fields beyond ModelShape."""
+
+    shape: ModelShape
+    norm_config: NormConfig
+    norm_epsilon: float = 1e-5
+    zero_centered_gamma: bool = False
+    rotary_base: float = 10000.0
+    rotary_percent: float = 1.0
+    moe_router_pre_softmax: bool = False
+    dtype: torch.dtype = torch.float32
+
+    def replace(self, **changes) -> "Arch":
+        return dataclasses.replace(self, **changes)
+
+    def transformer_config_overrides(self) -> dict:
+        """``model.transformer_config`` overrides reproducing these fields."""
+        return dict(
+            layernorm_epsilon=self.norm_epsilon,
+            layernorm_zero_centered_gamma=self.zero_centered_gamma,
+            moe_router_pre_softmax=self.moe_router_pre_softmax,
+            params_dtype=self.dtype,
+        )
+
+
+# -- args ---------------------------------------------------------------------------------
+
+def megatron_args(
+    arch: Arch,
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    expert_model_parallel_size: int = 1,
+    vocab_size: Optional[int] = None,
+    **extra,
+) -> argparse.Namespace:
+    """The ``args`` Namespace Megatron-LM saves in ``common.pt`` for this model (Megatron's arg
+    names plus the plugin flags' dests), at the given parallel layout."""
+    s, nc = arch.shape, arch.norm_config
+    ns = {f.name: getattr(s, f.name) for f in dataclasses.fields(ModelShape)}
+    gqa = s.num_query_groups is not None and s.num_query_groups != s.num_attention_heads
+    ns.update(
+        vocab_size=vocab_size or s.vocab_size,
+        padded_vocab_size=s.vocab_size,
+        make_vocab_size_divisible_by=128,
+        group_query_attention=gqa,
+        num_query_groups=s.query_groups,
+        kv_channels=s.head_dim,
+        moe_ffn_hidden_size=(s.moe_ffn_hidden_size or s.ffn_hidden_size) if s.num_experts else None,
+        normalization="RMSNorm",
+        norm_epsilon=arch.norm_epsilon,
+        apply_layernorm_1p=arch.zero_centered_gamma,
+        use_rotary_position_embeddings=s.position_embedding_type == "rope",
+        add_position_embedding=s.position_embedding_type == "learned_absolute",
+        rotary_base=arch.rotary_base,
+        rotary_percent=arch.rotary_percent,
+        rotary_interleaved=False,
+        seq_length=s.max_position_embeddings,
+        moe_router_pre_softmax=arch.moe_router_pre_softmax,
+        moe_router_score_function="softmax",
+        moe_router_topk_scaling_factor=None,
+        moe_router_enable_expert_bias=False,
+        moe_grouped_gemm=False,
+        multi_latent_attention=False,
+        transformer_impl="local",
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        expert_model_parallel_size=expert_model_parallel_size,
+        ckpt_format="torch_dist",
+        use_dist_ckpt=True,
+        params_dtype=arch.dtype,
+        bf16=arch.dtype == torch.bfloat16,
+        fp16=arch.dtype == torch.float16,
+    )
+    for flag, field, _ in FLAGS:
+        value = getattr(nc, field)
+        ns[_dest(flag)] = ",".join(value) if isinstance(value, tuple) else value
+    ns.update(extra)
+    return argparse.Namespace(**ns)
+
+
+_UNSUPPORTED = (
+    # (arg, supported predicate, what is expected)
+    ("normalization", lambda v: v in (None, "RMSNorm"), "'RMSNorm'"),
+    ("position_embedding_type", lambda v: v in (None, "rope"), "'rope'"),
+    ("swiglu", lambda v: v in (None, True), "True (SwiGLU MLPs)"),
+    ("add_bias_linear", lambda v: not v, "False (no linear biases)"),
+    ("add_qkv_bias", lambda v: not v, "False"),
+    ("rotary_interleaved", lambda v: not v, "False"),
+    ("multi_latent_attention", lambda v: not v, "False (MLA is not supported)"),
+    ("moe_router_score_function", lambda v: v in (None, "softmax"), "'softmax'"),
+    ("moe_router_topk_scaling_factor", lambda v: v in (None, 1, 1.0), "unset"),
+    ("moe_router_enable_expert_bias", lambda v: not v, "False"),
+    ("moe_router_num_groups", lambda v: not v, "unset (no group-limited routing)"),
+    ("experimental_attention_variant", lambda v: v is None, (
+        "unset: hybrid Gated DeltaNet models are not supported by mgn convert yet "
+        "(megatron-core 0.16 can build them, but their conversion is not implemented)")),
+    ("position_embedding_type", lambda v: v != "mrope", "'rope'"),
+)
+
+
+def arch_from_args(args, where: str = "common.pt") -> Arch:
+    """Rebuild the architecture from a saved ``args`` Namespace (vocab = padded_vocab_size)."""
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size"):
+        if getattr(args, name, None) is None:
+            raise CheckpointError(f"{where}: args has no {name!r}; expected a Megatron-LM checkpoint's args")
+    for name, ok, expected in _UNSUPPORTED:
+        value = getattr(args, name, None)
+        if not ok(value):
+            raise CheckpointError(f"{where}: unsupported {name}={value!r}; expected {expected}")
+    names = {f.name for f in dataclasses.fields(ModelShape)}
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    values["vocab_size"] = int(args.padded_vocab_size)
+    values.setdefault("ffn_hidden_size", 4 * args.hidden_size)
+    values["swiglu"] = True
+    if getattr(args, "group_query_attention", True) is False:
+        values["num_query_groups"] = None
+    if not values.get("num_experts"):
+        values["num_experts"] = None
+    try:
+        shape = ModelShape(**values)
+        nc = norm_config_from_args(args)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    dtype = getattr(args, "params_dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        dtype = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else torch.float32
+    return Arch(
+        shape=shape,
+        norm_config=nc,
+        norm_epsilon=float(getattr(args, "norm_epsilon", 1e-5) or 1e-5),
+        zero_centered_gamma=bool(getattr(args, "apply_layernorm_1p", False)),
+        rotary_base=float(getattr(args, "rotary_base", 10000) or 10000),
+        rotary_percent=float(getattr(args, "rotary_percent", 1.0) or 1.0),
+        moe_router_pre_softmax=bool(getattr(args, "moe_router_pre_softmax", False)),
+        dtype=dtype,
+    )
+
+
+# -- locating and reading -----------------------------------------------------------------
+
+def iteration_dir(load_dir) -> Tuple[Path, int]:
+    """``(iter_XXXXXXX dir, iteration)`` of a Megatron-LM save dir (or an iteration dir itself)."""
+    root = Path(load_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such checkpoint directory")
+    tracker = root / TRACKER
+    if tracker.is_file():
+        text = tracker.read_text().strip()
+        if text == "release":
+            return root / "release", 0
+        try:
+            iteration = int(text)
+        except ValueError:
+            raise CheckpointError(f"{tracker}: expected an iteration number or 'release', got {text!r}") from None
+        path = root / f"iter_{iteration:07d}"
+        if not path.is_dir():
+            raise CheckpointError(f"{tracker} names iteration {iteration} but {path} does not exist")
+        return path, iteration
+    if (root / "common.pt").is_file() or (root / ".metadata").is_file():
+        return root, -1
+    raise CheckpointError(f"{root}: not a Megatron checkpoint (no {TRACKER}, common.pt or .metadata)")
+
+
+def _check_format(path: Path) -> None:
+    if any(path.glob("mp_rank_*")):
+        raise CheckpointError(
+            f"{path}: legacy per-rank torch checkpoint (mp_rank_*/); only torch_dist is supported: "
+            "re-save it with Megatron-LM --ckpt-format torch_dist (--ckpt-convert-format torch_dist)"
+        )
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path}: missing .metadata; expected a torch_dist checkpoint")
+    if not (path / "common.pt").is_file():
+        raise CheckpointError(f"{path}: missing common.pt (holds the model's args)")
+
+
+def read_common(path: Path) -> dict:
+    try:
+        common = torch.load(path / "common.pt", map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise CheckpointError(f"{path / 'common.pt'}: cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(common, dict) or "args" not in common:
+        raise CheckpointError(f"{path / 'common.pt'}: no 'args'; expected a checkpoint saved by Megatron-LM")
+    return common
+
+
+def _is_model_key(key: str) -> bool:
+    return not (key.startswith(("optimizer", "rng_state")) or "_extra_state" in key)
+
+
+def read_checkpoint(load_dir) -> Tuple[Arch, argparse.Namespace, Tensors]:
+    """Offline read of a torch_dist checkpoint: ``(arch, args, {global key: full tensor})``."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    path, _ = iteration_dir(load_dir)
+    _check_format(path)
+    common = read_common(path)
+    arch = arch_from_args(common["args"], where=str(path / "common.pt"))
+    reader = FileSystemReader(str(path))
+    try:
+        metadata = reader.read_metadata()
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path / '.metadata'}: cannot be read ({type(e).__name__}: {e})") from None
+    tensors = {
+        key: torch.empty(md.size, dtype=md.properties.dtype)
+        for key, md in metadata.state_dict_metadata.items()
+        if isinstance(md, TensorStorageMetadata) and _is_model_key(key)
+    }
+    if not tensors:
+        raise CheckpointError(f"{path}: the checkpoint holds no model tensors")
+    storage = {os.path.basename(getattr(v, "relative_path", "")) for v in (metadata.storage_data or {}).values()}
+    missing = sorted(f for f in storage if f and not (path / f).is_file())
+    if missing:
+        raise CheckpointError(f"{path}: shard file(s) missing: {', '.join(missing)}")
+    try:
+        dcp_load(tensors, storage_reader=reader, no_dist=True)
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - truncated/corrupt shards raise assorted errors
+        msg = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: a tensor shard failed to read ({type(e).__name__}: {msg[-1] if msg else ''})"
+        ) from None
+    return arch, common["args"], tensors
+
+
+# -- per-layer / per-expert names ---------------------------------------------------------
+
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+def unstack(tensors: Tensors, arch: Arch) -> Tensors:
+    """Global dist-ckpt tensors → per-layer/per-expert names ``decoder.layers.{i}.…``,
+    ``….mlp.experts.{e}.linear_fc1.weight``."""
+    out: Tensors = {}
+    L = arch.shape.num_layers
+    for key, t in tensors.items():
+        per_layer = []
+        if key.startswith("decoder.layers.") and not _LAYER.match(key):
+            if t.shape[0] != L:
+                raise CheckpointError(f"tensor {key}: stacked over {t.shape[0]} layers, args say num_layers={L}")
+            rest = key[len("decoder.layers."):]
+            per_layer = [(f"decoder.layers.{i}.{rest}", t[i]) for i in range(L)]
+        else:
+            per_layer = [(key, t)]
+        for name, tensor in per_layer:
+            m = re.match(r"^(decoder\.layers\.\d+\.mlp\.experts\.)experts\.(.+)$", name)
+            if m:
+                for e in range(tensor.shape[0]):
+                    out[f"{m.group(1)}{e}.{m.group(2)}"] = tensor[e]
+            else:
+                out[name] = tensor
+    return out
+
+
+def non_homogeneous_layers(shape: ModelShape) -> bool:
+    """Megatron's rule (TransformerBlock.sharded_state_dict) for per-layer keys."""
+    for freq in (shape.moe_layer_freq if shape.num_experts else 1, shape.linear_attention_freq):
+        if isinstance(freq, list) or (isinstance(freq, int) and freq > 1):
+            return True
+    return False
+
+
+def stack(tensors: Tensors, arch: Arch) -> Tensors:
+    """Inverse of :func:`unstack`: per-layer/per-expert names → dist-ckpt global keys."""
+    grouped: Dict[str, Dict[int, torch.Tensor]] = {}
+    out: Tensors = {}
+    for name, t in tensors.items():
+        m = re.match(r"^(decoder\.layers\.\d+\.mlp\.experts\.)(\d+)\.(.+)$", name)
+        if m:
+            grouped.setdefault(f"{m.group(1)}experts.{m.group(3)}", {})[int(m.group(2))] = t
+        else:
+            out[name] = t
+    for key, by_expert in grouped.items():
+        out[key] = torch.stack([by_expert[e] for e in range(len(by_expert))])
+    if non_homogeneous_layers(arch.shape):
+        return out
+    layered: Dict[str, Dict[int, torch.Tensor]] = {}
+    flat: Tensors = {}
+    for name, t in out.items():
+        m = _LAYER.match(name)
+        if m:
+            layered.setdefault(f"decoder.layers.{m.group(2)}", {})[int(m.group(1))] = t
+        else:
+            flat[name] = t
+    for key, by_layer in layered.items():
+        flat[key] = torch.stack([by_layer[i] for i in range(arch.shape.num_layers)])
+    return flat
+
+
+# -- writing ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_output_dir(out, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; rename it to ``out`` on success, delete it on error."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out}: output folder already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _process_group() -> Iterator[None]:
+    """A 1-process gloo group if none exists (dist_checkpointing.save needs one)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    store_dir = tempfile.mkdtemp(prefix="mgn-store-")
+    dist.init_process_group("gloo", store=dist.FileStore(os.path.join(store_dir, "store"), 1), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _cpu_synchronize() -> Iterator[None]:
+    """dist_checkpointing.save calls torch.cuda.synchronize() and torch.cuda.current_device();
+    without CUDA make them a no-op and "cpu", only for the duration of the save (unlike the
+    process-wide cpu_shim that training on CPU uses)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.synchronize, torch.cuda.current_device
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.current_device = lambda: "cpu"
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize, torch.cuda.current_device = original
+
+
+def _common_state(args, iteration: int) -> dict:
+    return dict(args=args, iteration=iteration, checkpoint_version=CHECKPOINT_VERSION)
+
+
+def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, iteration: int = 0) -> None:
+    """Write global tensors (dist-ckpt keys) as a Megatron-LM torch_dist checkpoint into the
+    existing empty folder ``out_dir``, from this single process."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    iter_dir = Path(out_dir) / f"iter_{iteration:07d}"
+    iter_dir.mkdir(parents=True)
+    model = {
+        key: ShardedTensor.from_rank_offsets(key, t.contiguous(), replica_id=0)
+        for key, t in sorted(tensors.items())
+    }
+    model.update(_linear_extra_states(tensors))
+    with _process_group(), _cpu_synchronize():
+        dist_checkpointing.save(dict(model=model, **_common_state(args, iteration)), str(iter_dir))
+    (Path(out_dir) / TRACKER).write_text(str(iteration))
+
+
+_LINEAR = re.compile(r"^(decoder\.layers\.(?:(\d+)\.)?.*(?:linear_qkv|linear_proj|linear_fc1|linear_fc2))\.weight$")
+
+
+def _linear_extra_states(tensors: Tensors) -> dict:
+    """The ``_extra_state`` objects Megatron's local linear layers checkpoint (``None`` for
+    the local spec), one per stacked layer/expert, e.g. ``decoder.layers.mlp.linear_fc1.
+    _extra_state/shard_1_2``; loading into a model fails if they are missing."""
+    import itertools
+
+    from megatron.core.dist_checkpointing import ShardedObject
+
+    out = {}
+    for key, t in tensors.items():
+        m = _LINEAR.match(key)
+        if not m:
+            continue
+        stacked = (0 if m.group(2) is not None else 1) + (1 if ".experts.experts." in key else 0)
+        shape = tuple(t.shape[:stacked]) or (1,)
+        name = f"{m.group(1)}._extra_state"
+        for offset in itertools.product(*(range(n) for n in shape)):
+            obj = ShardedObject(name, None, shape, offset, replica_id=0)
+            out[obj.unique_key] = obj
+    return out
+
+
+def save_megatron_checkpoint(model, save_dir, args: argparse.Namespace, iteration: int = 0) -> None:
+    """Save a live (possibly TP/PP/EP-sharded) GPTModel in the Megatron-LM layout with ``args``.
+
+    Every rank calls it; rank 0 writes ``common.pt`` and the tracker file. The checkpoint is
+    written into a temporary sibling folder and renamed to ``save_dir`` at the end.
+    """
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    save_dir = Path(save_dir)
+    rank = dist.get_rank()
+    tmp = Path(str(save_dir) + ".tmp-save")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / f"iter_{iteration:07d}").mkdir(parents=True)
+    dist.barrier()
+    state = dict(model=model.sharded_state_dict(), **_common_state(args, iteration))
+    dist_checkpointing.save(state, str(tmp / f"iter_{iteration:07d}"))
+    dist.barrier()
+    if rank == 0:
+        (tmp / TRACKER).write_text(str(iteration))
+        if save_dir.exists():
+            shutil.rmtree(save_dir)
+        os.replace(tmp, save_dir)
+    dist.barrier()
+
+
+def load_megatron_checkpoint(model, load_dir) -> argparse.Namespace:
+    """Load a Megatron-LM torch_dist checkpoint into a live model (any layout); returns args."""
+    from megatron.core import dist_checkpointing
+
+    path, _ = iteration_dir(load_dir)
+    _check_format(path)
+    state = dist_checkpointing.load(dict(model=model.sharded_state_dict()), str(path))
+    model.load_state_dict(state["model"])
+    return read_common(path)["args"]

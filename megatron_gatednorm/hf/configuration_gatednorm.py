@@ -1,0 +1,84 @@
+"""Configuration of the GatedNorm / PreAffine / DyT decoder exported by ``mgn convert to-hf``.
+
+Self-contained (imports only ``transformers``): ``mgn convert`` copies this file next to the
+weights so that ``AutoConfig.from_pretrained(dir, trust_remote_code=True)`` works without
+``megatron_gatednorm``. Identical to ``Qwen3Config`` / ``Qwen3MoeConfig`` except:
+
+* the norm slots: ``norm_variant`` (rmsnorm, gatednorm, preaffine, preaffine_gatednorm, dyt,
+  gatedyt) in the slots of ``norm_placement`` (attn, mlp, final, qk), ``gatednorm_rank``,
+  ``gate_activation``, ``gate_granularity``, ``zero_centered_gamma`` (weights store γ-1);
+* ``attention_output_gate``: a sigmoid gate on the attention output, its projection stored
+  per head after the query rows in ``q_proj`` (Qwen3-Next's layout);
+* ``qk_norm`` is optional (Qwen3 always has it); RoPE uses Megatron's names ``rotary_base``
+  and ``rotary_percent`` (the fraction of each head's channels that rotate);
+* MoE: ``moe_layer_pattern`` (1 = MoE layer), an optional shared expert
+  (``shared_expert_intermediate_size``) with an optional sigmoid ``shared_expert_gate``;
+* ``residual_clip``: the residual stream is clamped to ``[-T, T]`` after every residual add.
+"""
+
+from typing import Optional
+
+from transformers import PretrainedConfig
+
+NORM_VARIANTS = ("rmsnorm", "gatednorm", "preaffine", "preaffine_gatednorm", "dyt", "gatedyt")
+
+
+class GatedNormConfig(PretrainedConfig):
+    model_type = "gatednorm"
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
+
+    vocab_size: int = 32000
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 16
+    num_key_value_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-5
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    rotary_base: float = 10000.0
+    rotary_percent: float = 1.0
+    qk_norm: bool = False
+    attention_output_gate: bool = False
+    attention_dropout: float = 0.0
+    num_experts: int = 0
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: Optional[int] = None
+    norm_topk_prob: bool = True
+    moe_layer_pattern: Optional[list] = None
+    shared_expert_intermediate_size: int = 0
+    shared_expert_gate: bool = False
+    norm_variant: str = "gatednorm"
+    norm_placement: Optional[list] = None
+    gatednorm_rank: int = 16
+    gate_activation: str = "sigmoid"
+    gate_granularity: str = "elementwise"
+    zero_centered_gamma: bool = False
+    residual_clip: Optional[float] = None
+    pad_token_id: Optional[int] = None
+    bos_token_id: Optional[int] = None
+    eos_token_id: Optional[int] = None
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.norm_placement is None:
+            self.norm_placement = ["attn", "mlp", "final"]
+        if self.num_experts and self.moe_layer_pattern is None:
+            self.moe_layer_pattern = [1] * self.num_hidden_layers
+        if self.norm_variant not in NORM_VARIANTS:
+            raise ValueError(f"invalid norm_variant={self.norm_variant!r}; valid: {', '.join(NORM_VARIANTS)}")
+        super().__post_init__(**kwargs)
+
+    def slot_variant(self, slot: str) -> str:
+        """The norm of a slot (attn, mlp, final, qk): the variant if placed there, else RMSNorm."""
+        return self.norm_variant if slot in self.norm_placement else "rmsnorm"
+
+
+__all__ = ["GatedNormConfig"]
