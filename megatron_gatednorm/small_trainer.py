@@ -230,9 +230,9 @@ class _SignalFlag:
 
 
 def _rank_state_path(root, iteration: int, rank: int) -> Path:
-    from megatron_gatednorm.checkpoint import iteration_dir
+    from megatron_gatednorm.checkpoint import iteration_path
 
-    return iteration_dir(root, iteration) / "small_trainer" / f"rank_{rank:05d}.pt"
+    return iteration_path(root, iteration) / "small_trainer" / f"rank_{rank:05d}.pt"
 
 
 def _layout(args) -> dict:
@@ -259,23 +259,24 @@ def _resume(args, model, optimizer, log) -> int:
     import torch
     import torch.distributed as dist
 
-    from megatron_gatednorm.checkpoint import iteration_dir, latest_iteration, load_model
+    from megatron_gatednorm.checkpoint import TRACKER, iteration_path
+    from megatron_gatednorm.convert.megatron_io import load_megatron_checkpoint
 
-    iteration = latest_iteration(args.load) if args.load else None
-    if iteration is None:
+    if not args.load or not (Path(args.load) / TRACKER).exists():
         if args.load:
             log(dict(event="no_checkpoint", load=args.load))
         return 0
-    load_model(iteration_dir(args.load, iteration), model)
+    iteration = int((Path(args.load) / TRACKER).read_text().strip())
+    load_megatron_checkpoint(model, args.load)
     rank_state = _rank_state_path(args.load, iteration, dist.get_rank())
     if not rank_state.exists():
-        raise ValueError(f"cannot resume from {iteration_dir(args.load, iteration)}: no small-trainer "
+        raise ValueError(f"cannot resume from {iteration_path(args.load, iteration)}: no small-trainer "
                          "optimizer state (a megatron.training checkpoint? start a new run from it instead)")
     state = torch.load(rank_state, map_location="cpu", weights_only=False)
     if state["layout"] != _layout(args):
         raise ValueError(f"cannot resume: checkpoint layout {state['layout']} != this run's {_layout(args)}")
     optimizer.load_state_dict(state["optimizer"])
-    log(dict(event="resume", iteration=iteration, path=str(iteration_dir(args.load, iteration))))
+    log(dict(event="resume", iteration=iteration, path=str(iteration_path(args.load, iteration))))
     return iteration
 
 
@@ -287,7 +288,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
     from megatron_gatednorm.analysis.peak_monitor import PeakActivationMonitor
     from megatron_gatednorm.args import norm_config_from_args
     from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
-    from megatron_gatednorm.parity import ModelShape
+    from megatron_gatednorm.convert.megatron_io import arch_from_args
 
     args = build_parser().parse_args(argv)
     ignored = [n for n in _IGNORED if getattr(args, n) is not None]
@@ -324,7 +325,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
     tokenizer = _Tokenizer(args.tokenizer_model)
     args.padded_vocab_size = _pad_vocab(tokenizer.vocab_size, args.make_vocab_size_divisible_by * args.tensor_model_parallel_size)
     args.max_position_embeddings = args.max_position_embeddings or args.seq_length
-    shape = ModelShape.from_megatron_args(args)
+    shape = arch_from_args(args, where="small-train flags").shape
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     config = transformer_config(

@@ -37,8 +37,8 @@ from megatron_gatednorm.args import FLAGS, _dest, norm_config_from_args
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.parity import ModelShape
 
-TRACKER = "latest_checkpointed_iteration.txt"
-CHECKPOINT_VERSION = 3.0
+from megatron_gatednorm.checkpoint import CHECKPOINT_VERSION, TRACKER, iteration_path
+
 Tensors = Dict[str, torch.Tensor]
 
 
@@ -201,7 +201,7 @@ def iteration_dir(load_dir) -> Tuple[Path, int]:
             iteration = int(text)
         except ValueError:
             raise CheckpointError(f"{tracker}: expected an iteration number or 'release', got {text!r}") from None
-        path = root / f"iter_{iteration:07d}"
+        path = iteration_path(root, iteration)
         if not path.is_dir():
             raise CheckpointError(f"{tracker} names iteration {iteration} but {path} does not exist")
         return path, iteration
@@ -405,7 +405,7 @@ def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, 
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
 
-    iter_dir = Path(out_dir) / f"iter_{iteration:07d}"
+    iter_dir = iteration_path(out_dir, iteration)
     iter_dir.mkdir(parents=True)
     model = {
         key: ShardedTensor.from_rank_offsets(key, t.contiguous(), replica_id=0)
@@ -440,33 +440,6 @@ def _linear_extra_states(tensors: Tensors) -> dict:
             obj = ShardedObject(name, None, shape, offset, replica_id=0)
             out[obj.unique_key] = obj
     return out
-
-
-def save_megatron_checkpoint(model, save_dir, args: argparse.Namespace, iteration: int = 0) -> None:
-    """Save a live (possibly TP/PP/EP-sharded) GPTModel in the Megatron-LM layout with ``args``.
-
-    Every rank calls it; rank 0 writes ``common.pt`` and the tracker file. The checkpoint is
-    written into a temporary sibling folder and renamed to ``save_dir`` at the end.
-    """
-    import torch.distributed as dist
-    from megatron.core import dist_checkpointing
-
-    save_dir = Path(save_dir)
-    rank = dist.get_rank()
-    tmp = Path(str(save_dir) + ".tmp-save")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / f"iter_{iteration:07d}").mkdir(parents=True)
-    dist.barrier()
-    state = dict(model=model.sharded_state_dict(), **_common_state(args, iteration))
-    dist_checkpointing.save(state, str(tmp / f"iter_{iteration:07d}"))
-    dist.barrier()
-    if rank == 0:
-        (tmp / TRACKER).write_text(str(iteration))
-        if save_dir.exists():
-            shutil.rmtree(save_dir)
-        os.replace(tmp, save_dir)
-    dist.barrier()
 
 
 def load_megatron_checkpoint(model, load_dir) -> argparse.Namespace:

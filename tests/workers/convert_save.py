@@ -16,9 +16,9 @@ import torch.distributed as dist
 from _common import SEED, TINY, TINY_MOE, full_logits, write
 
 from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.checkpoint import save_checkpoint
 from megatron_gatednorm.convert.megatron_io import (
     Arch, load_megatron_checkpoint, megatron_args, read_common, iteration_dir, arch_from_args,
-    save_megatron_checkpoint,
 )
 from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
 
@@ -132,7 +132,7 @@ def save_all(out_dir):
             args = megatron_args(arch, tensor_model_parallel_size=kw.get("tp", 1),
                                  pipeline_model_parallel_size=kw.get("pp", 1),
                                  expert_model_parallel_size=kw.get("ep", 1))
-            save_megatron_checkpoint(model, path, args)
+            save_checkpoint(path, 0, model, args)
             logits = logits_of(model, toks, arch.shape.vocab_size)
             results[f"{name}/{layout}"] = dict(
                 ckpt=path, logits=logits.tolist(), greedy=greedy(model, toks, arch.shape.vocab_size).tolist()
