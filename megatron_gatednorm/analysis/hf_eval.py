@@ -88,12 +88,19 @@ def outlier_statistics(model, windows: torch.Tensor, batch_size: int = 4, top_k:
             handles.append(module.register_forward_hook(
                 lambda m, inputs, out, name=name: stats.add_gate(name, _gate_of(m, inputs[0]))
             ))
+    # Residual states H_0..H_D from hooks (embeddings, every decoder layer): transformers'
+    # hidden_states end with the final-norm output instead of H_D.
+    states = []
+    record = lambda m, inputs, out: states.append(out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    decoder = model.model
+    handles.append(decoder.embed_tokens.register_forward_hook(record))
+    handles += [layer.register_forward_hook(record) for layer in decoder.layers]
     device = next(model.parameters()).device
     try:
         for i in range(0, len(windows), batch_size):
-            out = model(input_ids=windows[i : i + batch_size].to(device), output_hidden_states=True,
-                        output_attentions=True)
-            stats.add_hidden_states(out.hidden_states)
+            states.clear()
+            out = model(input_ids=windows[i : i + batch_size].to(device), output_attentions=True)
+            stats.add_hidden_states(states)
             if out.attentions is not None:
                 stats.add_attentions(out.attentions)
     finally:

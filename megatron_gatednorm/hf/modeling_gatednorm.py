@@ -142,7 +142,7 @@ class GatedNormAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, mask, cache: Optional[Cache]):
+    def forward(self, x, cos, sin, mask, cache: Optional[Cache], output_attentions: bool = False):
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, -1)
         if self.output_gate:
@@ -158,11 +158,19 @@ class GatedNormAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)
         groups = self.num_heads // self.num_kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
+        probs = None
+        if output_attentions:  # explicit softmax so the probabilities can be returned
+            scores = (q.float() @ k.float().transpose(-1, -2)) * self.head_dim**-0.5
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            out = (probs @ v.float()).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
         out = out.transpose(1, 2).reshape(b, s, -1)
         if self.output_gate:
             out = (out.float() * torch.sigmoid(gate.float())).to(out.dtype)
-        return self.o_proj(out)
+        return self.o_proj(out), probs
 
 
 class GatedNormMLP(nn.Module):
@@ -229,9 +237,10 @@ class GatedNormDecoderLayer(nn.Module):
         h = residual + out
         return h if self.residual_clip is None else h.clamp(-self.residual_clip, self.residual_clip)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = self._add(x, self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
-        return self._add(x, self.mlp(self.post_attention_layernorm(x)))
+    def forward(self, x, cos, sin, mask, cache, output_attentions: bool = False):
+        attn, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, output_attentions)
+        x = self._add(x, attn)
+        return self._add(x, self.mlp(self.post_attention_layernorm(x))), probs
 
 
 class GatedNormPreTrainedModel(PreTrainedModel):
@@ -287,6 +296,8 @@ class GatedNormModel(GatedNormPreTrainedModel):
         cache: Optional[Cache] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         cache = cache if cache is not None else kwargs.get("past_key_values")
@@ -305,10 +316,18 @@ class GatedNormModel(GatedNormPreTrainedModel):
             position_ids = torch.arange(past, past + s, device=h.device)[None].expand(b, s)
         cos, sin = self.rotary_emb(position_ids)
         mask = _causal_mask(attention_mask, b, s, past, h.device)
+        states, attentions = [], []
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache if use_cache else None)
+            states.append(h)
+            h, probs = layer(h, cos, sin, mask, cache if use_cache else None, bool(output_attentions))
+            attentions.append(probs)
         h = self.norm(h)
-        return BaseModelOutputWithPast(last_hidden_state=h, **{_CACHE_FIELD: cache if use_cache else None})
+        states.append(h)  # as transformers' Llama/Qwen3: the last entry is after the final norm
+        return BaseModelOutputWithPast(
+            last_hidden_state=h, **{_CACHE_FIELD: cache if use_cache else None},
+            hidden_states=tuple(states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
 
 
 class GatedNormForCausalLM(GatedNormPreTrainedModel, GenerationMixin):
@@ -330,6 +349,8 @@ class GatedNormForCausalLM(GatedNormPreTrainedModel, GenerationMixin):
         inputs_embeds: Optional[torch.Tensor] = None,
         labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
@@ -337,6 +358,7 @@ class GatedNormForCausalLM(GatedNormPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache if cache is not None else kwargs.get("past_key_values"),
             inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         h = out.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
@@ -347,7 +369,10 @@ class GatedNormForCausalLM(GatedNormPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)},
+            hidden_states=out.hidden_states, attentions=out.attentions,
+        )
 
 
 __all__ = ["GatedNormForCausalLM", "GatedNormModel", "GatedNormPreTrainedModel"]

@@ -83,7 +83,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], linears: 
     linears that read the same tensor (they share one SmoothQuant factor)."""
     act_max: Dict[str, torch.Tensor] = {}
     shared = defaultdict(set)  # linear name -> names that read the same input tensor
-    seen: Dict[int, str] = {}
+    seen: Dict[int, tuple] = {}  # id(input) -> (input, first reader); the reference keeps ids unique
     handles = []
 
     def hook(name):
@@ -91,7 +91,7 @@ def calibrate(model: torch.nn.Module, batches: Iterable[torch.Tensor], linears: 
             x = inputs[0].detach()
             m = x.reshape(-1, x.shape[-1]).abs().float().amax(0)
             act_max[name] = torch.maximum(act_max[name], m) if name in act_max else m
-            first = seen.setdefault(id(inputs[0]), name)
+            _, first = seen.setdefault(id(inputs[0]), (inputs[0], name))
             shared[first].add(name)
 
         return record

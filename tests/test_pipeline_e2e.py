@@ -1,0 +1,47 @@
+"""mgn data → small trainer → mgn convert to-hf → mgn outliers → mgn quant, on a tiny model."""
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+from conftest import trainer_argv  # noqa: E402
+
+from megatron_gatednorm.cli import main as mgn  # noqa: E402
+
+
+def test_end_to_end(tiny_data, tmp_path):
+    from megatron_gatednorm.small_trainer import train
+
+    run = tmp_path / "run"
+    summary = train(trainer_argv(tiny_data, run, iters=4, extra=["--norm-variant", "preaffine_gatednorm"]))
+    assert summary["iteration"] == 4 and summary["heldout_loss"] > 0
+
+    hf = tmp_path / "hf"
+    assert mgn(["convert", "to-hf", "--load", str(run), "--out", str(hf), "--tokenizer", str(tiny_data / "tokenizer")]) == 0
+    config = json.loads((hf / "config.json").read_text())
+    assert config["architectures"] == ["GatedNormForCausalLM"]
+
+    data = ["--data", str(tiny_data / "heldout_text_document"), "--seq-length", "32", "--num-sequences", "4"]
+    for source in (hf, run):  # an HF folder, and a Megatron checkpoint converted on the fly
+        out = tmp_path / f"outliers-{source.name}"
+        assert mgn(["outliers", str(source), "--out", str(out), "--batch-size", "2", *data]) == 0
+        report = json.loads((out / "outliers.json").read_text())
+        assert len(report["peak_abs_per_state"]) == 3  # embeddings + 2 layers
+        assert set(report["first_token_attention"]["per_layer_head"]) == {"0", "1"}
+        assert len(report["gates"]) == 5  # 2 layers x 2 norms + final norm
+        assert any("pre_scale_max" in v for v in report["norm_params"].values())
+        assert all((out / name).exists() for name in ("peak_activation.png", "residual_sinks.png", "attention_sinks.png"))
+        if source is hf:
+            first = report
+    assert report["peak_abs_per_state"] == pytest.approx(first["peak_abs_per_state"], rel=1e-5)
+
+    result = tmp_path / "quant.json"
+    assert mgn(["quant", str(hf), "--settings", "nvfp4,nvfp4+sq,int8", "--calib-sequences", "2",
+                "--json", str(result), *data]) == 0
+    q = json.loads(result.read_text())
+    assert set(q["perplexity"]) == {"baseline", "nvfp4", "nvfp4+sq", "int8"}
+    assert q["perplexity"]["baseline"] > 1
+    assert abs(q["delta"]["int8"]) < abs(q["delta"]["nvfp4"]) + 1.0  # 8-bit hurts less than 4-bit
