@@ -16,11 +16,13 @@ from pathlib import Path
 
 HELP = "Reproduce the paper's comparison at small scale (train 4 variants, outliers, W4A4) → results.md."
 
+# Every variant has gated attention (the paper's baseline); FFN width is set per variant for
+# parameter parity with the baseline (parity.parity_ffn), as the paper does.
 VARIANTS = {
-    "baseline": [],  # gated attention + RMSNorm
+    "baseline": ["--norm-variant", "rmsnorm"],
     "preaffine": ["--norm-variant", "preaffine"],
     "gatednorm": ["--norm-variant", "gatednorm"],
-    "clip100": ["--residual-clip", "100"],
+    "clip100": ["--norm-variant", "rmsnorm", "--residual-clip", "100"],
 }
 # name -> (layers, hidden, heads, groups, ffn, seq, micro, global, iters, lr, eval windows, vocab, works)
 SIZES = {
@@ -38,8 +40,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234)
 
 
-def _trainer_argv(size, data: Path, save: Path, seed: int):
-    layers, hidden, heads, groups, ffn, seq, micro, gbs, iters, lr, _, _, _ = size
+def _parity_ffn(size, vocab: int, variant_flags) -> int:
+    """FFN width giving this variant the baseline's parameter count."""
+    from megatron_gatednorm.args import add_gatednorm_args, norm_config_from_args
+    from megatron_gatednorm.parity import ModelShape, parity_ffn
+
+    layers, hidden, heads, groups, ffn, seq = size[:6]
+    shape = ModelShape(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_query_groups=groups,
+                       ffn_hidden_size=ffn, vocab_size=vocab, qk_layernorm=True, attention_output_gate=True,
+                       max_position_embeddings=seq)
+    nc = norm_config_from_args(add_gatednorm_args(argparse.ArgumentParser()).parse_args(variant_flags))
+    return parity_ffn(shape, nc).width
+
+
+def _trainer_argv(size, data: Path, save: Path, seed: int, ffn: int):
+    layers, hidden, heads, groups, _, seq, micro, gbs, iters, lr, _, _, _ = size
     return [
         "--num-layers", str(layers), "--hidden-size", str(hidden), "--num-attention-heads", str(heads),
         "--group-query-attention", "--num-query-groups", str(groups), "--ffn-hidden-size", str(ffn),
@@ -82,9 +97,11 @@ def run(args) -> int:
         if mgn(argv) != 0:
             raise RuntimeError("mgn data failed")
     results = {}
+    padded_vocab = -(-json.loads((data / "data.json").read_text())["vocab_size"] // 128) * 128
     for name in names:
         run_dir = out / "runs" / name
-        summary = train(_trainer_argv(size, data, run_dir, args.seed) + VARIANTS[name])
+        ffn = _parity_ffn(size, padded_vocab, VARIANTS[name])
+        summary = train(_trainer_argv(size, data, run_dir, args.seed, ffn) + VARIANTS[name])
         report_dir = out / "reports" / name
         common = ["--data", str(data / "heldout_text_document"), "--seq-length", str(size[5]),
                   "--num-sequences", str(size[10])]
