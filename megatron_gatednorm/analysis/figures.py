@@ -17,6 +17,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
     """Write the figures for ``stats`` (an OutlierStats) into ``out_dir``; returns their paths."""
     plt = _plt()
@@ -31,10 +38,7 @@ def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
     ax.set_ylabel("|h|")
     ax.set_title(f"{title}: peak activation per layer")
     ax.legend()
-    fig.tight_layout()
-    paths.append(str(out / "peak_activation.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "peak_activation.png"))
 
     # Paper Fig. 1 style: mean |h| per state (rows) and dimension (columns, sorted by H_avg).
     grid = stats.per_layer_dim_avg()
@@ -49,10 +53,7 @@ def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
     ax.set_xlabel(f"hidden dimension, sorted by H_avg (top {shown.shape[1]}; first = {int(order[0])})")
     ax.set_ylabel("residual state")
     ax.set_title(f"{title}: residual sinks")
-    fig.tight_layout()
-    paths.append(str(out / "residual_sinks.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "residual_sinks.png"))
 
     attention: Dict = report.get("first_token_attention", {}).get("per_layer_head", {})
     if attention:
@@ -65,10 +66,7 @@ def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(f"{title}: attention sinks")
-        fig.tight_layout()
-        paths.append(str(out / "attention_sinks.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(plt, fig, out / "attention_sinks.png"))
 
     params = report.get("norm_params", {})
     if params:
@@ -82,8 +80,5 @@ def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
         ax.set_yscale("symlog", linthresh=0.01)
         ax.set_title(f"{title}: norm parameters")
         ax.legend()
-        fig.tight_layout()
-        paths.append(str(out / "norm_params.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(plt, fig, out / "norm_params.png"))
     return paths
