@@ -12,6 +12,9 @@ from typing import List, Optional
 # name -> module defining HELP, add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "params": "megatron_gatednorm.commands.params",
+    "launch": "megatron_gatednorm.commands.launch",
+    "preflight": "megatron_gatednorm.commands.preflight",
+    "train": "megatron_gatednorm.commands.train",
 }
 
 
@@ -27,7 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (mgn launch R --nodes 4 lr=1e-3): argparse leaves
+    # positionals after an option unparsed, so collect them here.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args._run(args) or 0
     except ValueError as e:  # user errors: one clear line, no traceback
