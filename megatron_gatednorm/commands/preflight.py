@@ -92,11 +92,12 @@ def run(args) -> int:
             f"{where}: world size {world} does not match recipe {plan.recipe.name}: nodes={plan.nodes} × "
             f"gpus_per_node={d['gpus_per_node']} = {expected_world} ranks; valid: run it with "
             f"--nodes={plan.nodes} --ntasks-per-node={d['gpus_per_node']} (srun) or fix launch.gpus_per_node")
-    t0 = time.time()
     import datetime
 
     import torch
     import torch.distributed as dist
+
+    t0 = time.time()
 
     cpu = plan.recipe.launch["device"] == "cpu" or not torch.cuda.is_available()
     if not cpu:
@@ -118,7 +119,9 @@ def run(args) -> int:
             expert_model_parallel_size=int(m["expert_model_parallel_size"]),
             context_parallel_size=int(m["context_parallel_size"]),
         )
-        overrides = dict(init_model_with_meta_device=True, use_cpu_initialization=True, perform_initialization=False,
+        # perform_initialization: Megatron sets the tensor-parallel attributes only while initialising
+        # (free on the meta device); count_local_params needs them.
+        overrides = dict(init_model_with_meta_device=True, use_cpu_initialization=True, perform_initialization=True,
                          sequence_parallel=bool(m.get("sequence_parallel")) and m["tensor_model_parallel_size"] > 1)
         if m.get("expert_tensor_parallel_size"):
             overrides["expert_tensor_parallel_size"] = int(m["expert_tensor_parallel_size"])

@@ -3,8 +3,8 @@
 Recipe keys are Megatron's flag names in snake_case: ``True`` → ``--flag``, ``False``/``None`` →
 omitted (so a ``store_false`` flag is written under its own name, ``no_masked_softmax_fusion:
 true``), a list → ``--flag a b``, anything else → ``--flag value``. Plugin flags come from
-:func:`megatron_gatednorm.args.norm_config_to_argv` (only values that differ from NormConfig's
-defaults) and :data:`megatron_gatednorm.train_args.TRAIN_FLAGS`.
+:func:`megatron_gatednorm.args.norm_config_to_argv` (``--norm-variant`` always, the others only
+where they differ from NormConfig's defaults) and :data:`megatron_gatednorm.train_args.TRAIN_FLAGS`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def flags_to_argv(values: Dict[str, Any]) -> List[str]:
 
 def plugin_argv(plan) -> List[str]:
     argv = norm_config_to_argv(plan.norm_config)
+    if "--norm-variant" not in argv:  # always explicit: a job must not depend on a default
+        argv = ["--norm-variant", plan.norm_config.variant] + argv
     for f, kwargs in TRAIN_FLAGS:
         v = plan.recipe.gatednorm.get(dest(f))
         if v is not None and v != kwargs.get("default"):

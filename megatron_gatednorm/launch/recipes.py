@@ -265,11 +265,24 @@ def coerce(key: str, text: str, like: Any) -> Any:
     return yaml.safe_load(text)
 
 
+def _plugin_defaults() -> Dict[str, Any]:
+    """Plugin flag dest → its default (NormConfig's, or TRAIN_FLAGS'), for typing overrides."""
+    from megatron_gatednorm.args import FLAGS, _default
+    from megatron_gatednorm.train_args import TRAIN_FLAGS, dest
+
+    out = {dest(f): _default(field_name) for f, field_name, _ in FLAGS}
+    out.update({dest(f): kw.get("default") for f, kw in TRAIN_FLAGS})
+    return out
+
+
+def _known(recipe: Recipe, section_name: str) -> List[str]:
+    if section_name == "gatednorm":
+        return list(_plugin_defaults())
+    return list(getattr(recipe, section_name))
+
+
 def _all_keys(recipe: Recipe) -> List[str]:
-    keys = []
-    for s in SECTIONS:
-        keys += [f"{s}.{k}" for k in getattr(recipe, s)]
-    return keys
+    return [f"{s}.{k}" for s in SECTIONS for k in _known(recipe, s)]
 
 
 def apply_override(recipe: Recipe, item: str) -> None:
@@ -287,11 +300,10 @@ def apply_override(recipe: Recipe, item: str) -> None:
         return
     if parts[0] in SECTIONS and len(parts) >= 2:
         section_name, name = parts[0], ".".join(parts[1:])
-        section = getattr(recipe, section_name)
-        if name not in section and section_name in ("launch", "slurm", "gatednorm"):
+        if section_name in ("launch", "slurm", "gatednorm") and name not in _known(recipe, section_name):
             raise unknown_key_error(key, _all_keys(recipe))
     else:
-        owners = [s for s in SECTIONS if key in getattr(recipe, s)]
+        owners = [s for s in SECTIONS if key in _known(recipe, s)]
         if not owners:
             raise unknown_key_error(key, _all_keys(recipe))
         if len(owners) > 1:
@@ -300,10 +312,10 @@ def apply_override(recipe: Recipe, item: str) -> None:
                 + ", ".join(f"{s}.{key}" for s in owners)
             )
         section_name, name = owners[0], key
-        section = getattr(recipe, section_name)
+    section = getattr(recipe, section_name)
     like = section.get(name)
-    if like is None and section_name == "launch":
-        like = LAUNCH_DEFAULTS.get(name)
+    if like is None and section_name == "gatednorm":
+        like = _plugin_defaults().get(name)
     section[name] = coerce(key, text, like) if like is not None else yaml.safe_load(text)
     if section_name == "gatednorm":
         _check_gatednorm_keys(section, "override")

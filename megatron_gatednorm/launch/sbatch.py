@@ -12,7 +12,9 @@ What the script does, in order:
    tracker; ``--load`` is ``--save``) and exits at once if it already reached ``train_iters``;
 5. ``mgn preflight`` on every rank (rendezvous, layout, parameter count on the meta device);
 6. training in the background (``wait`` returns when the trap fires). On the signal the trap
-   sends SIGTERM to the job step; Megatron's ``--exit-signal-handler`` saves a checkpoint and
+   sends SIGTERM to the job steps (``scancel --signal=TERM``: a SIGTERM to ``srun`` itself would
+   kill the tasks; ``slurmstepd`` logs "STEP CANCELLED" but sends no SIGKILL after KillWait: a
+   task kept running 45 s after it with KillWait=30 on slurm 22.05); Megatron's ``--exit-signal-handler`` saves a checkpoint and
    exits; the script then requeues the job (up to ``launch.max_requeues``) if the run is not
    finished. Longer runs are also covered by a chain of ``--dependency=afterany`` jobs.
 """
@@ -165,11 +167,15 @@ def render(plan) -> str:
     lines += [
         ")",
         "",
+        "# The time-limit signal (only the batch shell gets it) → SIGTERM to every job step (not to",
+        "# srun itself, which would kill the tasks) → Megatron saves and exits → requeue below.",
+        "# A plain SIGTERM (scancel, preemption) is forwarded the same way but does not requeue.",
         "SIGNALLED=0",
+        "CANCELLED=0",
         "on_signal() {",
-        '  echo "mgn: caught SIG$1 at $(date -Is): asking Megatron to save and exit (SIGTERM to the step)"',
-        "  SIGNALLED=1",
-        '  [ -n "${TRAIN_PID:-}" ] && kill -TERM "$TRAIN_PID" 2>/dev/null',
+        '  echo "mgn: caught SIG$1 at $(date -Is): asking Megatron to save and exit (SIGTERM to the job steps)"',
+        '  if [ "$1" = TERM ]; then CANCELLED=1; else SIGNALLED=1; fi',
+        '  scancel --signal=TERM "$SLURM_JOB_ID"',
         "}",
         f"trap 'on_signal {launch['signal']}' {launch['signal']}",
         "trap 'on_signal TERM' TERM",
@@ -181,7 +187,8 @@ def render(plan) -> str:
         'while kill -0 "$TRAIN_PID" 2>/dev/null; do wait "$TRAIN_PID"; RC=$?; done',
         'echo "mgn: training step exited with rc=$RC at iteration $(latest_iteration) of $TRAIN_ITERS"',
         'if [ "$(latest_iteration)" != release ] && [ "$(latest_iteration)" -lt "$TRAIN_ITERS" ] \\',
-        '   && { [ "$SIGNALLED" = 1 ] || [ "$RC" = 0 ]; } && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then',
+        '   && [ "$CANCELLED" = 0 ] && { [ "$SIGNALLED" = 1 ] || [ "$RC" = 0 ]; } \\',
+        '   && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then',
         '  echo "mgn: requeueing job $SLURM_JOB_ID to resume from $SAVE"',
         '  scontrol requeue "$SLURM_JOB_ID"',
         "  exit 0",
