@@ -230,6 +230,14 @@ def unknown_key_error(key: str, known: Sequence[str], where: str = "override") -
     return ValueError(f"invalid {where} key {key!r}: unknown{hint}")
 
 
+def _yaml_or_str(text: str) -> Any:
+    """An untyped override value: YAML scalars/lists, else the text itself (``([0]*3+[1])*12``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -254,7 +262,7 @@ def coerce(key: str, text: str, like: Any) -> Any:
         if isinstance(like, float):
             return float(text)
         if isinstance(like, list):
-            value = yaml.safe_load(text)
+            value = _yaml_or_str(text)
             return value if isinstance(value, list) else [v.strip() for v in text.split(",") if v.strip()]
         if isinstance(like, str):
             return text
@@ -262,7 +270,7 @@ def coerce(key: str, text: str, like: Any) -> Any:
         raise ValueError(
             f"invalid {key}={text!r}: expected {type(like).__name__} like the recipe's value {like!r}"
         ) from None
-    return yaml.safe_load(text)
+    return _yaml_or_str(text)
 
 
 def _plugin_defaults() -> Dict[str, Any]:
@@ -316,6 +324,6 @@ def apply_override(recipe: Recipe, item: str) -> None:
     like = section.get(name)
     if like is None and section_name == "gatednorm":
         like = _plugin_defaults().get(name)
-    section[name] = coerce(key, text, like) if like is not None else yaml.safe_load(text)
+    section[name] = coerce(key, text, like) if like is not None else _yaml_or_str(text)
     if section_name == "gatednorm":
         _check_gatednorm_keys(section, "override")

@@ -423,6 +423,8 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
     limit = parse_slurm_time(recipe.slurm["time"])
     derived["estimated_hours"] = hours
     chain = launch.get("chain_jobs", "auto")
+    if isinstance(chain, str) and chain.strip().isdigit():
+        chain = int(chain)
     if chain == "auto":
         chain = max(1, math.ceil(hours / limit)) if limit > 0 else 1
     elif not isinstance(chain, int) or chain < 1:
