@@ -263,7 +263,12 @@ def coerce(key: str, text: str, like: Any) -> Any:
             return float(text)
         if isinstance(like, list):
             value = _yaml_or_str(text)
-            return value if isinstance(value, list) else [v.strip() for v in text.split(",") if v.strip()]
+            if isinstance(value, list):
+                return value
+            inner = text.strip()
+            if inner.startswith("[") and inner.endswith("]"):  # [a,b[1-2]]: not YAML, still a list
+                inner = inner[1:-1]
+            return [v.strip() for v in inner.split(",") if v.strip()]
         if isinstance(like, str):
             return text
     except ValueError:

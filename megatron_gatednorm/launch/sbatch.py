@@ -110,7 +110,9 @@ def render(plan) -> str:
     if launch["device"] == "cpu":
         env.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
     pythonpath = [p for p in (launch.get("megatron_lm_path"), launch.get("pythonpath")) if p]
-    recipe_json = json.dumps(dict(recipe=r.to_dict(), nodes=plan.nodes,
+    resolved = r.to_dict()
+    resolved["launch"]["run_dir"] = run_dir  # absolute: ranks may start in another directory
+    recipe_json = json.dumps(dict(recipe=resolved, nodes=plan.nodes,
                                   gpu_memory_gb=plan.derived["gpu_memory_gb"]), sort_keys=True)
     entry = shlex.split(launch["entrypoint"])
     srun = " ".join(_srun_prefix(plan))
