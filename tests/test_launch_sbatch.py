@@ -62,7 +62,7 @@ def test_script_options():
                             "--container-mounts=/data:/data --container-workdir=$PWD python3 -m torch.distributed.run "
                             "--nnodes=$SLURM_NNODES --nproc-per-node=8 --rdzv-backend=c10d")
     assert "  --wandb-project" in lines
-    cpu = script_of("tiny", ["launch.device=cpu", "launch.gpus_per_node=2", "launch.preflight=false"])
+    cpu = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=2", "launch.preflight=false"], 1)[1]
     assert "--gpus-per-node" not in cpu and "CUDA_DEVICE_MAX_CONNECTIONS" not in cpu and "preflight" not in cpu
 
 
