@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]])
+        if getattr(module, "PASSTHROUGH", False):  # `mgn train <Megatron flags>`: Megatron parses them
+            return module.run(argparse.Namespace(command=argv[0], megatron_args=argv[1:])) or 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (mgn launch R --nodes 4 lr=1e-3): argparse leaves

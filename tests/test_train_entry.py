@@ -73,3 +73,22 @@ def test_model_provider_builds_the_plugin_model(result):
         assert m["logits_shape"] == [1, 16, 256] and m["finite"], (name, m)
     assert result["models"]["glu"]["activation"] == "sigmoid"
     assert result["models"]["gatednorm"]["activation"] == "silu"
+
+
+def test_mgn_train_passes_every_argument_to_megatron(monkeypatch):
+    import megatron_gatednorm.train as train
+    from megatron_gatednorm.cli import main
+
+    seen = []
+    monkeypatch.setattr(train, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["train", "--num-layers", "2", "--norm-variant", "gatednorm", "--lr", "1e-3"]) == 0
+    assert seen == [["--num-layers", "2", "--norm-variant", "gatednorm", "--lr", "1e-3"]]
+
+
+def test_srun_task_env_becomes_torch_env():
+    from megatron_gatednorm.launch.ranks import torch_env_from_slurm
+
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "8(x2)"}
+    assert torch_env_from_slurm(env) == {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8"}
+    assert env["RANK"] == "5"
+    assert torch_env_from_slurm({"RANK": "0", "SLURM_PROCID": "3"}) == {}  # torchrun already set it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+PASSTHROUGH = True  # every argument after `mgn train` goes to Megatron-LM's parser unchanged
 HELP = "Train a GPT model with Megatron-LM's pretrain() and the plugin's layer specs (all arguments go to Megatron)."
 
 
