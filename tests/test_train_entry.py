@@ -92,3 +92,10 @@ def test_srun_task_env_becomes_torch_env():
     assert torch_env_from_slurm(env) == {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8"}
     assert env["RANK"] == "5"
     assert torch_env_from_slurm({"RANK": "0", "SLURM_PROCID": "3"}) == {}  # torchrun already set it
+
+
+def test_upstream_spec_path_of_the_patch(result):
+    """What patches/megatron-lm-core_v0.19.0-*.patch enables: Megatron-LM's own GPT builder with
+    ``--spec megatron_gatednorm.specs gatednorm_block_spec_from_args``."""
+    up = result["upstream_spec"]
+    assert up["norms"] == ["GatedRMSNorm"] and up["params"] == up["expected"], up

@@ -98,4 +98,28 @@ for name, extra in (("gatednorm", []), ("glu", ["gatednorm.ffn_activation=glu"])
                         activation=getattr(model.config.activation_func, "__name__", str(model.config.activation_func)),
                         logits_shape=list(logits.shape), finite=bool(torch.isfinite(logits.float()).all()))
 out["models"] = models
+
+# The upstream path that patches/ enables: pretrain_gpt.py (0.19) parses with add_gatednorm_args
+# and --spec megatron_gatednorm.specs gatednorm_block_spec_from_args; GPTModelBuilder calls the spec.
+from megatron.core.process_groups_config import ProcessGroupCollection  # noqa: E402
+from megatron.training.argument_utils import gpt_config_from_args  # noqa: E402
+
+from megatron_gatednorm.args import add_gatednorm_args  # noqa: E402
+
+plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
+                         "megatron.spec=[megatron_gatednorm.specs, gatednorm_block_spec_from_args]"] + CPU_FLAGS, 1)
+sys.argv = ["pretrain_gpt.py"] + megatron_argv(plan)
+with contextlib.redirect_stdout(io.StringIO()):
+    args = __import__("megatron.training.arguments", fromlist=["x"]).parse_args(
+        extra_args_provider=add_gatednorm_args)
+    __import__("megatron.training.arguments", fromlist=["x"]).validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
+args.padded_vocab_size = plan.derived["padded_vocab_size"]
+set_args(args)
+model_cfg = gpt_config_from_args(args)
+model = model_cfg.get_builder_cls()(model_cfg).build_model(
+    pg_collection=ProcessGroupCollection.use_mpu_process_groups(), pre_process=True, post_process=True)
+out["upstream_spec"] = dict(
+    params=sum(p.numel() for p in model.parameters()), expected=plan.derived["params_total"],
+    norms=sorted({type(m).__name__ for n, m in model.named_modules()
+                  if n.endswith(("input_layernorm", "pre_mlp_layernorm", "final_layernorm"))}))
 print("RESULT " + json.dumps(out))
