@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import slurm_cluster as sc
+import slurm_cluster as sc  # tests/ is on sys.path (pytest rootdir-relative import)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_megatron.py"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm_cluster import in_ci
+from slurm_cluster import in_ci  # tests/ is on sys.path (pytest rootdir-relative import)
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"

@@ -110,8 +110,8 @@ class Recipe:
 
 def _find(name: str, relative_to: Optional[Path] = None) -> Path:
     candidates = []
-    if relative_to is not None:
-        candidates.append(relative_to / name)
+    if relative_to is not None:  # a base named relative to the file that names it
+        candidates += [relative_to / name, relative_to / f"{name}.yaml"]
     candidates.append(Path(name))
     rd = recipe_dir()
     candidates += [rd / name, rd / f"{name}.yaml", rd / "overlays" / name, rd / "overlays" / f"{name}.yaml"]
