@@ -136,3 +136,14 @@ def built_2b():
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     return {row["variant"]: row["built_params"] for row in json.loads(out.stdout)["variants"]}
+
+
+def test_submit_errors_are_value_errors(tmp_path):
+    plan, script = build("tiny", [f"launch.run_dir={tmp_path}/run"], 1)
+    with pytest.raises(ValueError, match=r"sbatch='/nonexistent/sbatch' not found; valid: run --submit where"):
+        submit(plan, script, sbatch="/nonexistent/sbatch")
+    failing = tmp_path / "sbatch"
+    failing.write_text("#!/bin/bash\necho 'sbatch: error: invalid partition specified: gpux' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    with pytest.raises(ValueError, match=r"failed \(rc 1\): sbatch: error: invalid partition specified: gpux"):
+        submit(plan, script, sbatch=str(failing))

@@ -216,9 +216,14 @@ def submit(plan, script: str, sbatch: str = "sbatch") -> List[str]:
         if previous:
             cmd.append(f"--dependency=afterany:{previous}")
         cmd.append(path)
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise ValueError(f"sbatch={sbatch!r} not found; valid: run --submit where Slurm's sbatch is on PATH "
+                             f"(or --dry-run here)") from None
         if out.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed (rc {out.returncode}): {out.stderr.strip()}")
+            done = f" (already submitted: {', '.join(ids)})" if ids else ""
+            raise ValueError(f"{' '.join(cmd)} failed (rc {out.returncode}): {out.stderr.strip()}{done}")
         previous = out.stdout.strip().split(";")[0]
         ids.append(previous)
     return ids
