@@ -171,7 +171,8 @@ def test_memory_grows_with_micro_batch_and_shrinks_with_recompute():
 
 def test_submit_needs_data():
     plan = make_plan(load_recipe("dense2b", nodes=1), 1)
-    assert plan.warnings and "data_path is unset" in plan.warnings[0]
+    assert any("data_path is unset" in w for w in plan.warnings)
+    assert any("megatron_lm_path is unset" in w for w in plan.warnings)
     with pytest.raises(ValueError, match="megatron.data_path=None: required for --submit"):
         check_submittable(plan)
     check_submittable(make_plan(load_recipe("dense2b", ["data_path=/d"], nodes=1), 1))

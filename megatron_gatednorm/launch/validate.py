@@ -443,6 +443,9 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
         m["wandb_project"] = launch["wandb_project"]
         m["wandb_exp_name"] = launch.get("wandb_exp_name") or recipe.name
         m.setdefault("wandb_save_dir", f"{run_dir}/wandb")
+    if "megatron_gatednorm.train" in str(launch["entrypoint"]) and not launch.get("megatron_lm_path"):
+        plan.warnings.append("launch.megatron_lm_path is unset: megatron_gatednorm.train imports Megatron-LM's "
+                             "pretrain_gpt.py, which must then be importable on the nodes (container or PYTHONPATH)")
     if not m.get("mock_data") and not m.get("data_path"):
         plan.warnings.append("megatron.data_path is unset and mock_data is off: set data_path=<prefix> "
                              "(required by --submit)")
