@@ -27,5 +27,5 @@ SDIST_DIR="$(mktemp -d)"
   torch==2.13.0 "numpy<2.5" "networkx<3.7" psutil triton pytest pyyaml typing_extensions \
   "$SDIST_DIR"/megatron_core-$MCORE_VERSION.tar.gz
 rm -rf "$SDIST_DIR"
-"$VENV/bin/python" -c "import megatron.core, importlib.metadata as m; print('megatron-core', m.version('megatron-core'))"
+"$VENV/bin/python" -W ignore -c "import megatron.core, importlib.metadata as m; print('megatron-core', m.version('megatron-core'))"
 echo "mcore019_venv: created $VENV in $(( $(date +%s) - start )) s"
