@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CPU = ["--recipe", "tiny", "--nodes", "1", "launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4"]
 
 
-def run_preflight(extra_env):
+def run_preflight(extra_env, *extra_args):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(PYTHONPATH=str(ROOT), **extra_env)
-    return subprocess.run([sys.executable, "-m", "megatron_gatednorm.cli", "preflight", *TINY_CPU],
+    return subprocess.run([sys.executable, "-m", "megatron_gatednorm.cli", "preflight", *TINY_CPU, *extra_args],
                           capture_output=True, text=True, env=env, cwd=ROOT)
 
 
@@ -31,3 +31,10 @@ def test_single_rank_preflight_matches_the_launcher_count():
     out = run_preflight({})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mgn preflight: OK tiny: world 1 (tp 1 pp 1 ep 1 dp 1), parameters 101,184 = launcher count" in out.stdout
+
+
+def test_parameter_mismatch_fails_naming_the_rank_and_counts():
+    out = run_preflight({}, "--expected-params", "100000")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("mgn preflight: error: rank 0/1 (")
+    assert "built parameter total 101,184 (per rank: 101,184) != expected 100,000 for tiny" in out.stderr

@@ -12,7 +12,6 @@ Training itself is ``tests/fake_megatron.py`` (Megatron's pretrain() needs CUDA)
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -67,8 +66,9 @@ def _finished(job):
     return info if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
 
 
-def test_preflight_two_ranks_via_sbatch(slurm, tmp_path):
-    plan, job, log = _submit(tmp_path, "megatron.tensor_model_parallel_size=2")
+@pytest.mark.parametrize("launcher", ["srun", "torchrun"])
+def test_preflight_two_ranks_via_sbatch(slurm, tmp_path, launcher):
+    plan, job, log = _submit(tmp_path, "megatron.tensor_model_parallel_size=2", f"launch.launcher={launcher}")
     info = sc.wait_for(lambda: _finished(job), timeout_s=180, what=f"job {job} to finish")
     text = _read(log)
     assert info["JobState"] == "COMPLETED", text

@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, help="with --recipe")
     p.add_argument("--timeout-s", type=float, default=120.0, help="rendezvous timeout")
     p.add_argument("--rtol", type=float, default=0.0,
-                   help="allowed relative difference of the built total from the launcher's count")
+                   help="allowed relative difference of the built total from the expected count")
+    p.add_argument("--expected-params", type=int, default=None,
+                   help="expected parameter total (default: the launcher's count for the recipe)")
 
 
 def load_plan(args):
@@ -143,7 +145,7 @@ def run(args) -> int:
         dist.all_gather_object(gathered, local)
         counts = gathered
     total = sum(counts)
-    expected = d["params_total"]
+    expected = d["params_total"] if args.expected_params is None else args.expected_params
     print(f"mgn preflight: {where}: rendezvous {t_rdzv:.1f} s, shard parameters {local:,}", flush=True)
     if dist.is_initialized():
         dist.barrier()
@@ -151,7 +153,7 @@ def run(args) -> int:
     if abs(total - expected) > args.rtol * expected:
         raise ValueError(
             f"{where}: built parameter total {total:,} (per rank: {', '.join(f'{c:,}' for c in counts)}) != "
-            f"launcher count {expected:,} for {plan.recipe.name}; the recipe's shape and the built model disagree")
+            f"expected {expected:,} for {plan.recipe.name}; the recipe's shape and the built model disagree")
     if rank == 0:
         print(f"mgn preflight: OK {plan.recipe.name}: world {world} (tp {m['tensor_model_parallel_size']} pp "
               f"{m['pipeline_model_parallel_size']} ep {m['expert_model_parallel_size']} dp {d['data_parallel_size']}), "
