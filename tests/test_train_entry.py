@@ -99,3 +99,10 @@ def test_upstream_spec_path_of_the_patch(result):
     ``--spec megatron_gatednorm.specs gatednorm_block_spec_from_args``."""
     up = result["upstream_spec"]
     assert up["norms"] == ["GatedRMSNorm"] and up["params"] == up["expected"], up
+
+
+def test_weight_and_optimizer_memory_agrees_with_megatron(result):
+    """Megatron's theoretical_memory_usage uses the same 6 + 12/DP bytes per parameter; its
+    parameter formula is approximate (e.g. no gated-attention or QK-norm terms), hence 10%."""
+    for key, m in result["memory"].items():
+        assert abs(m["ours"] - m["megatron"]) <= 0.10 * m["megatron"], (key, m)

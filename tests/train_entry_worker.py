@@ -59,6 +59,19 @@ for spec, overrides, nodes, validate in CASES:
         ffn_activation=args.ffn_activation,
     )
 
+# The launcher's memory estimate against Megatron-LM's own theoretical_memory_usage (0.19.2).
+from megatron.training.theoretical_memory_usage import compute_weight_and_optimizer_memory  # noqa: E402
+
+out["memory"] = {}
+for spec, nodes in (("dense2b", 1), ("dense2b_gatednorm", 4), ("dense2b_preaffine", 64)):
+    plan, _ = build(spec, ["data_path=/d"], nodes)
+    args = parse(megatron_argv(plan), plan.derived["world_size"], True)
+    args.padded_vocab_size = plan.derived["padded_vocab_size"]
+    mem = plan.derived["memory_gib"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        megatron_gib = compute_weight_and_optimizer_memory(args) / 2 ** 30
+    out["memory"][f"{spec}@{nodes}"] = dict(megatron=megatron_gib, ours=mem["weights"] + mem["grads"] + mem["optimizer"])
+
 # The model provider on the tiny recipe (1 process, gloo, CPU shim), GatedNorm and the GLU switch.
 import torch  # noqa: E402
 from megatron.training import pretrain  # noqa: E402
