@@ -113,6 +113,8 @@ def test_dry_run_prints_script_numbers_and_command():
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout
     assert "# ---- derived ----" in out and "# ---- megatron command ----" in out and "#!/bin/bash" in out
     assert "# parity        ffn_hidden_size 6144 -> " in out and "dp=32" in out
+    assert "# ---- choices (hyper-parameters the paper does not state; override with key=value) ----" in out
+    assert "# rotary_base: 1e6 as in Qwen3; not stated" in out
     assert "# python3 -m megatron_gatednorm.train --num-layers 28" in out
 
 

@@ -84,6 +84,10 @@ def run(args) -> int:
         return 0
     print("# ---- derived ----")
     print("\n".join(f"# {line}" for line in summary(plan).splitlines()))
+    if plan.recipe.choices:
+        print("# ---- choices (hyper-parameters the paper does not state; override with key=value) ----")
+        for key, why in plan.recipe.choices.items():
+            print(f"# {key}: {why}")
     print("# ---- megatron command ----")
     entry = plan.recipe.launch["entrypoint"]
     print("# " + " ".join([plan.recipe.launch["python"], entry] + [shlex.quote(a) for a in argv]))
