@@ -9,9 +9,18 @@ import importlib
 import sys
 from typing import List, Optional
 
+# Commands with their own complete argument parser: ``mgn NAME ...`` calls ``module.main(argv)``.
+PASSTHROUGH = {
+    "small-train": "megatron_gatednorm.small_trainer",
+}
+
 # name -> module defining HELP, add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "params": "megatron_gatednorm.commands.params",
+    "data": "megatron_gatednorm.commands.data",
+    "outliers": "megatron_gatednorm.commands.outliers",
+    "quant": "megatron_gatednorm.commands.quant",
+    "experiment": "megatron_gatednorm.commands.experiment",
     "launch": "megatron_gatednorm.commands.launch",
     "preflight": "megatron_gatednorm.commands.preflight",
     "train": "megatron_gatednorm.commands.train",
@@ -21,6 +30,8 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgn", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"(own flags: mgn {name} --help)", add_help=False)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
@@ -30,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]])
         if getattr(module, "PASSTHROUGH", False):  # `mgn train <Megatron flags>`: Megatron parses them

@@ -78,6 +78,7 @@ def transformer_config(shape: ModelShape, norm_config: Optional[NormConfig] = No
         kwargs.setdefault("moe_token_dispatcher_type", "alltoall")
         kwargs.setdefault("moe_grouped_gemm", False)
     kwargs.update(overrides)
+    kwargs.setdefault("pipeline_dtype", kwargs.get("params_dtype", torch.float32))
     config = TransformerConfig(**kwargs)
     config.norm_config = norm_config if norm_config is not None else NormConfig()
     return config

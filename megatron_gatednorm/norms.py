@@ -23,16 +23,35 @@ rank only saw a sequence shard; none is tensor-parallel and none sets ``allreduc
 are dense parameters, reduced over data/context/expert-data parallel ranks like any other).
 Random initialisation uses ``config.init_method`` on the default generator, which Megatron
 seeds identically on all tensor-parallel ranks, so replicas start bit-identical.
+
+Implementation path: each forward picks the fused Triton kernels or the eager reference via
+:func:`megatron_gatednorm.ops.dispatch.choose_impl` (``MGN_NORM_IMPL=auto|eager|fused``),
+records it in ``module.impl_decision`` and logs each distinct (class, width, decision) once,
+e.g. ``fused: cuda input, triton <version>`` or ``eager: gate_activation=tanh not fused``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 
 from megatron_gatednorm.config import DEFAULTS, VARIANTS, NormConfig, choice_error
-from megatron_gatednorm.ops import reference
+from megatron_gatednorm.ops import dispatch, reference
+from megatron_gatednorm.ops._triton_utils import kernel_module
+
+logger = logging.getLogger(__name__)
+_LOGGED_DECISIONS = set()
+
+
+def _log_once(key, message: str) -> None:
+    if key in _LOGGED_DECISIONS:
+        return
+    _LOGGED_DECISIONS.add(key)
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        logger.info(message)
 
 
 def _param_device(config):
@@ -69,6 +88,7 @@ class _ResidualNorm(torch.nn.Module):
         self.gate_activation = nc.gate_activation
         self.granularity = nc.granularity
         self._sequence_parallel = bool(getattr(config, "sequence_parallel", False))
+        self.impl_decision: Optional[dispatch.ImplDecision] = None
         self._factory = dict(device=_param_device(config), dtype=config.params_dtype)
         init_random = getattr(config, "perform_initialization", True)
         init_method = config.init_method
@@ -101,7 +121,30 @@ class _ResidualNorm(torch.nn.Module):
             gate_down=self.gate_down, gate_up=self.gate_up, gate_activation=self.gate_activation
         )
 
+    def _choose_impl(self, x: torch.Tensor) -> dispatch.ImplDecision:
+        decision = dispatch.choose_impl(
+            x, dyt=self._dyt, gated=self._gated, gate_activation=self.gate_activation,
+            granularity=self.granularity, rank=self.gate_down.shape[0] if self._gated else 0,
+        )
+        if decision != self.impl_decision:
+            self.impl_decision = decision
+            name = type(self).__name__
+            _log_once((name, self.hidden_size, decision), f"{name}({self.hidden_size}) uses {decision.reason}")
+        return decision
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._choose_impl(x).impl == "fused":
+            kernels = kernel_module()
+            pre_scale = self.pre_scale if self._pre_affine else None
+            if self._gated:
+                return kernels.gated_rms_norm(
+                    x, weight=self.weight, gate_down=self.gate_down, gate_up=self.gate_up,
+                    pre_scale=pre_scale, eps=self.eps, zero_centered_gamma=self.zero_centered_gamma,
+                )
+            return kernels.fused_rms_norm(
+                x, weight=self.weight, pre_scale=pre_scale, eps=self.eps,
+                zero_centered_gamma=self.zero_centered_gamma,
+            )
         if self._dyt:
             return reference.dyt(
                 x, self.alpha, self.weight, self.bias, self.zero_centered_gamma,

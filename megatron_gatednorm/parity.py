@@ -82,6 +82,20 @@ class ModelShape:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def from_megatron_args(cls, args) -> "ModelShape":
+        """Read the fields from Megatron-LM's parsed arguments (names are Megatron's dests);
+        the vocabulary is ``padded_vocab_size``."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                values[f.name] = value
+        values["vocab_size"] = args.padded_vocab_size
+        if not getattr(args, "group_query_attention", False):
+            values.pop("num_query_groups", None)
+        return cls(**values)
+
+    @classmethod
     def from_transformer_config(cls, config, vocab_size: int, **overrides) -> "ModelShape":
         """Read the fields from a Megatron ``TransformerConfig`` (duck-typed)."""
         names = {f.name for f in dataclasses.fields(cls)}

@@ -29,6 +29,8 @@ composes with every spec here.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from typing import List, Optional
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -47,6 +49,8 @@ from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.norms import norm_class
 from megatron_gatednorm.ops.reference import residual_clip
 
+# Megatron's TE wrapper classes import without Transformer Engine (they fail when built),
+# which lets the TE specs be assembled and inspected anywhere; HAVE_TE says if they can run.
 try:
     from megatron.core.extensions.transformer_engine import (
         TEColumnParallelLinear,
@@ -54,8 +58,13 @@ try:
         TENorm,
         TERowParallelLinear,
     )
+except ImportError:  # pragma: no cover - megatron-core without the extensions module
+    TEColumnParallelLinear = TELayerNormColumnParallelLinear = TENorm = TERowParallelLinear = None
 
-    HAVE_TE = True
+try:
+    import transformer_engine  # noqa: F401
+
+    HAVE_TE = TENorm is not None
 except ImportError:  # CPU machines and GPU images without Transformer Engine
     HAVE_TE = False
 
@@ -82,17 +91,47 @@ def _replaces(nc: NormConfig, slot: str) -> bool:
     return nc.variant != "rmsnorm" and slot in nc.placement
 
 
-def _submodules(spec):
+def spec_submodules(spec):
     """``submodules`` of a ModuleSpec (0.16) or of a ``functools.partial`` builder (0.19)."""
     return spec.keywords["submodules"] if hasattr(spec, "keywords") else spec.submodules
 
 
-def _module(spec):
-    return spec.func if hasattr(spec, "func") else getattr(spec, "module", spec)
+def spec_module(spec):
+    """The module class a spec builds: a class, a ``ModuleSpec``'s module, or the class behind a
+    ``functools.partial`` builder (``partial(MoELayer, ...)``, ``partial(MLP.as_mlp_submodule, ...)``)."""
+    if isinstance(spec, functools.partial):
+        func = spec.func
+        return func.__self__ if isinstance(getattr(func, "__self__", None), type) else func
+    return getattr(spec, "module", spec)
+
+
+def _copy_spec(spec):
+    """Copy a spec's tree of ModuleSpecs / builder partials / submodule dataclasses (what the
+    transform mutates); module classes and functions are shared, not copied."""
+    if isinstance(spec, functools.partial):
+        kwargs = dict(spec.keywords)
+        if "submodules" in kwargs:
+            kwargs["submodules"] = _copy_submodules(kwargs["submodules"])
+        return functools.partial(spec.func, *spec.args, **kwargs)
+    if isinstance(spec, ModuleSpec):
+        new = copy.copy(spec)
+        new.params = dict(spec.params)
+        new.submodules = _copy_submodules(spec.submodules)
+        return new
+    return spec
+
+
+def _copy_submodules(sub):
+    if not dataclasses.is_dataclass(sub) or isinstance(sub, type):
+        return sub
+    new = copy.copy(sub)
+    for f in dataclasses.fields(sub):
+        setattr(new, f.name, _copy_spec(getattr(sub, f.name)))
+    return new
 
 
 def _unfuse(submodules, field: str) -> None:
-    if HAVE_TE and getattr(submodules, field, None) is TELayerNormColumnParallelLinear:
+    if TELayerNormColumnParallelLinear is not None and getattr(submodules, field, None) is TELayerNormColumnParallelLinear:
         setattr(submodules, field, TEColumnParallelLinear)
 
 
@@ -130,16 +169,16 @@ def _gated_delta_net_attention(use_te: bool, input_fused: bool) -> ModuleSpec:
 
 def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool = False):
     """Copy of an upstream layer spec with the plugin's norms in place (see module doc)."""
-    spec = copy.deepcopy(spec)
-    sub = _submodules(spec)
+    spec = _copy_spec(spec)
+    sub = spec_submodules(spec)
     keys = dict(sub.sharded_state_dict_keys_map)
-    is_moe = _module(sub.mlp).__name__ == "MoELayer"
+    is_moe = spec_module(sub.mlp).__name__ == "MoELayer"
     plain = norm_module_spec(nc, "rmsnorm")
 
     if gated_delta_net:
         sub.self_attention = _gated_delta_net_attention(use_te, input_fused=not _replaces(nc, "attn"))
         sub.input_layernorm = IdentityOp if use_te else plain
-    attn = _submodules(sub.self_attention)
+    attn = spec_submodules(sub.self_attention)
     if _replaces(nc, "attn"):
         sub.input_layernorm = norm_module_spec(nc)
         _unfuse(attn, "linear_qkv")
@@ -153,13 +192,13 @@ def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool =
         # Only per-head QK-norms of softmax attention (MLA's latent norms and L2Norm stay).
         current = getattr(attn, field, IdentityOp)
         if qk_norm is not None and hasattr(attn, "linear_qkv") and current not in (IdentityOp, None):
-            if _module(current).__name__ != "L2Norm":
+            if spec_module(current).__name__ != "L2Norm":
                 setattr(attn, field, qk_norm)
 
     if _replaces(nc, "mlp"):
         sub.pre_mlp_layernorm = norm_module_spec(nc)
         if not is_moe:
-            _unfuse(_submodules(sub.mlp), "linear_fc1")
+            _unfuse(spec_submodules(sub.mlp), "linear_fc1")
         keys.pop("pre_mlp_layernorm.", None)
     elif not use_te:
         sub.pre_mlp_layernorm = plain
@@ -228,8 +267,12 @@ def get_gatednorm_layer_specs(
     config, norm_config: NormConfig, use_transformer_engine: bool
 ) -> List[ModuleSpec]:
     """Per-layer specs of the whole decoder (all pipeline stages), in layer order."""
+    # Upstream builds the dense/MoE softmax-attention layers; the Gated DeltaNet layers of a
+    # hybrid model are swapped in below (megatron-core 0.19 refuses the hybrid config here).
+    softmax_only = copy.copy(config)
+    softmax_only.experimental_attention_variant = None
     upstream = _gpt_specs.get_gpt_decoder_layer_specs(
-        config,
+        softmax_only,
         use_transformer_engine,
         normalization="RMSNorm",
         qk_l2_norm=getattr(config, "qk_l2_norm", False),
@@ -329,5 +372,7 @@ __all__ = [
     "get_gatednorm_layer_specs",
     "gatednorm_block_spec_from_args",
     "norm_module_spec",
+    "spec_module",
+    "spec_submodules",
     "validate_spec_config",
 ]

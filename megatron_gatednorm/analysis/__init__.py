@@ -1,0 +1,1 @@
+"""Outlier analysis: residual sinks, massive activations, attention sinks, gate statistics."""

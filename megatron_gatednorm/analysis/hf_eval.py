@@ -1,0 +1,102 @@
+"""Loading a checkpoint as a Hugging Face model, and what the analysis tools run on it:
+perplexity over fixed windows and the outlier statistics of :mod:`.outliers`.
+
+A Megatron checkpoint folder (it has ``latest_checkpointed_iteration.txt`` or ``common.pt``) is
+converted to a temporary HF folder first (``mgn convert to-hf``), so both tools always analyse
+the exported model — the artefact users evaluate and serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from megatron_gatednorm.analysis.outliers import OutlierStats, norm_parameter_extremes
+from megatron_gatednorm.ops import reference
+
+
+def is_megatron_checkpoint(path) -> bool:
+    p = Path(path)
+    return (p / "latest_checkpointed_iteration.txt").exists() or (p / "common.pt").exists()
+
+
+@contextlib.contextmanager
+def hf_folder(path) -> Iterator[Path]:
+    """``path`` itself for an HF folder; a temporary conversion for a Megatron checkpoint."""
+    if not is_megatron_checkpoint(path):
+        if not (Path(path) / "config.json").exists():
+            raise ValueError(f"{path}: neither a Hugging Face folder (config.json) nor a Megatron checkpoint")
+        yield Path(path)
+        return
+    from megatron_gatednorm.convert.to_hf import convert_to_hf
+
+    with tempfile.TemporaryDirectory(prefix="mgn-hf-") as tmp:
+        out = Path(tmp) / "hf"
+        convert_to_hf(path, out, dtype="fp32", progress=False)
+        yield out
+
+
+def load_hf_model(folder, dtype=torch.float32, device: str = "cpu"):
+    """The model of an HF folder, eager attention (so attention maps can be returned)."""
+    import megatron_gatednorm.hf  # noqa: F401  (registers the GatedNorm architecture)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=dtype, attn_implementation="eager", trust_remote_code=False,
+    )
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
+    """``exp`` of the mean next-token NLL over all windows (each window scored independently)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i : i + batch_size].to(device)
+        logits = model(input_ids=batch).logits.float()
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += float(nll)
+        count += batch[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def _gate_of(module, x: torch.Tensor) -> torch.Tensor:
+    """The gate a GatedNorm-family module applies to input ``x`` (recomputed from its weights)."""
+    zc = getattr(module, "zero_centered_gamma", False)
+    if getattr(module, "dyt", False):
+        y = reference.dyt(x.float(), module.alpha, module.weight, module.bias, zc)
+    else:
+        y = reference.rms_norm(x.float(), module.weight, module.eps, zc, pre_scale=getattr(module, "pre_scale", None))
+    return reference.low_rank_gate(y, module.gate_down, module.gate_up, module.gate_activation)
+
+
+@torch.no_grad()
+def outlier_statistics(model, windows: torch.Tensor, batch_size: int = 4, top_k: int = 8):
+    """Run the windows through ``model``; returns (OutlierStats, report dict)."""
+    stats = OutlierStats(top_k=top_k)
+    handles = []
+    for name, module in model.named_modules():
+        if getattr(module, "gated", False) and hasattr(module, "gate_down"):
+            handles.append(module.register_forward_hook(
+                lambda m, inputs, out, name=name: stats.add_gate(name, _gate_of(m, inputs[0]))
+            ))
+    device = next(model.parameters()).device
+    try:
+        for i in range(0, len(windows), batch_size):
+            out = model(input_ids=windows[i : i + batch_size].to(device), output_hidden_states=True,
+                        output_attentions=True)
+            stats.add_hidden_states(out.hidden_states)
+            if out.attentions is not None:
+                stats.add_attentions(out.attentions)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats, stats.report(norm_parameter_extremes(model))

@@ -1,0 +1,448 @@
+"""A small, deterministic trainer on megatron-core with the plugin's specs (CPU or one GPU).
+
+For small experiments and CPU smoke runs; production training is ``megatron.training``
+(``mgn train``). It takes Megatron-LM's own flag names for everything it supports, so the same
+recipe argv drives both; production-only flags it does not implement are refused unless listed
+in ``_IGNORED`` (then reported as ignored).
+
+What it does per iteration: ``global_batch / (micro_batch · DP)`` micro-batches from Megatron's
+``GPTDataset`` (the production sampler: seeded shuffle over ``--data-path`` .bin/.idx), forward/
+backward of ``GPTModel``, gradient finalisation (TP/SP norm all-reduce as Megatron does it,
+then a data-parallel average: dense parameters over DP, expert parameters over expert-DP),
+global-norm clipping, AdamW with linear warm-up then cosine/linear/constant decay (Megatron's
+weight-decay rule: none on biases and 1-D parameters). Pipeline parallelism is not supported.
+
+Checkpoints (``--save``/``--load``): Megatron-LM torch_dist layout (see ``checkpoint.py``),
+readable by ``mgn convert`` and ``megatron.training``; per-rank optimizer state beside it.
+``--exit-signal-handler``: SIGTERM/SIGUSR1 make it save at the end of the iteration and exit 0.
+Logs: one JSON line per ``--log-interval`` to stdout and ``<save>/train_log.jsonl``: loss, lr,
+grad norm, and every ``--outlier-log-interval`` the per-layer peak |h| (also to TensorBoard
+with ``--tensorboard-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from megatron_gatednorm.args import add_gatednorm_args
+
+# Production flags with no effect on this trainer's math (accepted, reported as ignored).
+_IGNORED = (
+    "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather", "use_flash_attn",
+    "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_swiglu_fusion",
+    "no_bias_dropout_fusion", "no_rope_fusion", "no_persist_layer_norm", "ckpt_format",
+    "attention_backend", "transformer_impl", "distributed_backend", "use_mcore_models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mgn small-train", description=__doc__.split("\n")[0])
+    g = p.add_argument_group("model")
+    g.add_argument("--num-layers", type=int, required=True)
+    g.add_argument("--hidden-size", type=int, required=True)
+    g.add_argument("--num-attention-heads", type=int, required=True)
+    g.add_argument("--ffn-hidden-size", type=int, required=True)
+    g.add_argument("--group-query-attention", action="store_true")
+    g.add_argument("--num-query-groups", type=int, default=1)
+    g.add_argument("--kv-channels", type=int, default=None)
+    g.add_argument("--swiglu", action="store_true")
+    g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    g.add_argument("--qk-layernorm", action="store_true")
+    g.add_argument("--attention-output-gate", action="store_true")
+    g.add_argument("--normalization", default="RMSNorm", choices=("RMSNorm",))
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--position-embedding-type", default="rope", choices=("rope", "learned_absolute"))
+    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g.add_argument("--seq-length", type=int, required=True)
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--num-experts", type=int, default=None)
+    g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
+    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None)
+    g.add_argument("--moe-router-topk", type=int, default=2)
+    g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1, choices=(1,))
+    g.add_argument("--expert-model-parallel-size", type=int, default=1)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, required=True)
+    g.add_argument("--global-batch-size", type=int, required=True)
+    g.add_argument("--train-iters", type=int, required=True)
+    g.add_argument("--lr", type=float, required=True)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-decay-style", default="cosine", choices=("cosine", "linear", "constant"))
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--bf16", action="store_true")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="+", required=True, help="train .bin/.idx prefix")
+    g.add_argument("--valid-data-path", nargs="+", default=None, help="held-out .bin/.idx prefix")
+    g.add_argument("--tokenizer-type", default="HuggingFaceTokenizer", choices=("HuggingFaceTokenizer",))
+    g.add_argument("--tokenizer-model", required=True, help="HF tokenizer folder")
+    g.add_argument("--data-cache-path", default=None)
+    g = p.add_argument_group("checkpointing and logging")
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--exit-signal-handler", action="store_true")
+    g.add_argument("--log-interval", type=int, default=1)
+    g.add_argument("--eval-interval", type=int, default=None)
+    g.add_argument("--eval-iters", type=int, default=4)
+    g.add_argument("--outlier-log-interval", type=int, default=0,
+                   help="every N iterations, record the per-layer peak |h| (0: off)")
+    g.add_argument("--tensorboard-dir", default=None)
+    for name in _IGNORED:
+        p.add_argument("--" + name.replace("_", "-"), nargs="?", const=True, default=None, help=argparse.SUPPRESS)
+    add_gatednorm_args(p)
+    return p
+
+
+def _pad_vocab(size: int, multiple: int) -> int:
+    return int(math.ceil(size / multiple) * multiple)
+
+
+class _Tokenizer:
+    """What Megatron's GPTDataset needs of a tokenizer."""
+
+    def __init__(self, folder):
+        from megatron_gatednorm.data.tokenizer import TextTokenizer
+
+        self.text = TextTokenizer(folder)
+        self.eod = self.text.eod
+        self.vocab_size = self.text.vocab_size
+        self.unique_identifiers = {"class": "TextTokenizer", "folder": str(Path(folder).resolve())}
+
+
+def _datasets(args, tokenizer, train_samples: int, valid_samples: int):
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    valid = (args.valid_data_path, None) if args.valid_data_path else None
+    config = GPTDatasetConfig(
+        random_seed=args.seed, sequence_length=args.seq_length,
+        blend_per_split=[(args.data_path, None), valid, None], tokenizer=tokenizer,
+        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+        path_to_cache=args.data_cache_path, mmap_bin_files=True,
+    )
+    sizes = [train_samples, valid_samples if valid else None, None]
+    train, valid_ds, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    return train, valid_ds
+
+
+def _lr_at(args, it: int) -> float:
+    if args.lr_warmup_iters and it < args.lr_warmup_iters:
+        return args.lr * (it + 1) / args.lr_warmup_iters
+    if args.lr_decay_style == "constant":
+        return args.lr
+    span = max(1, args.train_iters - args.lr_warmup_iters)
+    frac = min(1.0, (it - args.lr_warmup_iters) / span)
+    if args.lr_decay_style == "linear":
+        return args.min_lr + (args.lr - args.min_lr) * (1 - frac)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * frac))
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def _finalize_grads(model, config) -> None:
+    """Megatron's TP/SP all-reduce of norm grads, then the data-parallel gradient average."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import _allreduce_non_tensor_model_parallel_grads
+
+    model.ddp_config = DistributedDataParallelConfig()
+    _allreduce_non_tensor_model_parallel_grads([model], config)
+    groups = {
+        True: parallel_state.get_data_parallel_group(),
+        False: parallel_state.get_expert_data_parallel_group(),
+    }
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        group = groups[getattr(p, "allreduce", True)]
+        if dist.get_world_size(group) > 1:
+            dist.all_reduce(p.grad, group=group)
+            p.grad /= dist.get_world_size(group)
+
+
+def _clip_grad_norm(model, max_norm: float) -> float:
+    """Global grad norm over the model-parallel group (TP duplicates counted once), clipped."""
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+    squares = torch.zeros(2, dtype=torch.float64)  # [dense, expert]
+    grads = []
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        grads.append(p.grad)
+        if param_is_not_tensor_parallel_duplicate(p):
+            squares[0 if getattr(p, "allreduce", True) else 1] += float(p.grad.double().pow(2).sum())
+    dist.all_reduce(squares[:1], group=parallel_state.get_model_parallel_group())
+    dist.all_reduce(squares[1:], group=parallel_state.get_expert_tensor_model_pipeline_parallel_group())
+    norm = float(squares.sum().sqrt())
+    if max_norm > 0 and norm > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+class _SignalFlag:
+    def __init__(self, enabled: bool):
+        self.received: Optional[int] = None
+        if enabled:
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def any_rank(self) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.received is not None else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _rank_state_path(root, iteration: int, rank: int) -> Path:
+    from megatron_gatednorm.checkpoint import iteration_dir
+
+    return iteration_dir(root, iteration) / "small_trainer" / f"rank_{rank:05d}.pt"
+
+
+def _layout(args) -> dict:
+    import torch.distributed as dist
+
+    return dict(world=dist.get_world_size(), tp=args.tensor_model_parallel_size, ep=args.expert_model_parallel_size)
+
+
+def _save(args, iteration, model, optimizer, log) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from megatron_gatednorm.checkpoint import commit, save_model
+
+    folder = save_model(args.save, iteration, model, args)
+    path = _rank_state_path(args.save, iteration, dist.get_rank())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(optimizer=optimizer.state_dict(), layout=_layout(args)), path)
+    commit(args.save, iteration)
+    log(dict(event="save", iteration=iteration, path=str(folder)))
+
+
+def _resume(args, model, optimizer, log) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from megatron_gatednorm.checkpoint import iteration_dir, latest_iteration, load_model
+
+    iteration = latest_iteration(args.load) if args.load else None
+    if iteration is None:
+        if args.load:
+            log(dict(event="no_checkpoint", load=args.load))
+        return 0
+    load_model(iteration_dir(args.load, iteration), model)
+    rank_state = _rank_state_path(args.load, iteration, dist.get_rank())
+    if not rank_state.exists():
+        raise ValueError(f"cannot resume from {iteration_dir(args.load, iteration)}: no small-trainer "
+                         "optimizer state (a megatron.training checkpoint? start a new run from it instead)")
+    state = torch.load(rank_state, map_location="cpu", weights_only=False)
+    if state["layout"] != _layout(args):
+        raise ValueError(f"cannot resume: checkpoint layout {state['layout']} != this run's {_layout(args)}")
+    optimizer.load_state_dict(state["optimizer"])
+    log(dict(event="resume", iteration=iteration, path=str(iteration_dir(args.load, iteration))))
+    return iteration
+
+
+def train(argv: Optional[List[str]] = None) -> dict:
+    """Run the trainer; returns the final summary (also logged)."""
+    import torch
+    import torch.distributed as dist
+
+    from megatron_gatednorm.analysis.peak_monitor import PeakActivationMonitor
+    from megatron_gatednorm.args import norm_config_from_args
+    from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+    from megatron_gatednorm.parity import ModelShape
+
+    args = build_parser().parse_args(argv)
+    ignored = [n for n in _IGNORED if getattr(args, n) is not None]
+    nc = norm_config_from_args(args)
+    init_distributed(args.tensor_model_parallel_size, 1, args.expert_model_parallel_size, seed=args.seed)
+    from megatron.core import parallel_state
+
+    rank = dist.get_rank()
+    dp = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    if args.global_batch_size % (args.micro_batch_size * dp):
+        raise ValueError(f"invalid --global-batch-size={args.global_batch_size}: not divisible by "
+                         f"micro-batch-size x data-parallel size = {args.micro_batch_size * dp}")
+    n_micro = args.global_batch_size // (args.micro_batch_size * dp)
+    log_path = Path(args.save) / "train_log.jsonl" if args.save and rank == 0 else None
+    writer = None
+    if args.tensorboard_dir and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(args.tensorboard_dir)
+
+    def log(record):
+        if rank != 0:
+            return
+        line = json.dumps(record)
+        print(line, flush=True)
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as f:
+                f.write(line + "\n")
+
+    if ignored:
+        log(dict(event="ignored_flags", flags=ignored))
+    tokenizer = _Tokenizer(args.tokenizer_model)
+    args.padded_vocab_size = _pad_vocab(tokenizer.vocab_size, args.make_vocab_size_divisible_by * args.tensor_model_parallel_size)
+    args.max_position_embeddings = args.max_position_embeddings or args.seq_length
+    shape = ModelShape.from_megatron_args(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    config = transformer_config(
+        shape, nc, params_dtype=dtype, bf16=args.bf16, sequence_parallel=args.sequence_parallel,
+        init_method_std=args.init_method_std, layernorm_epsilon=args.norm_epsilon,
+        use_cpu_initialization=device == "cpu", moe_aux_loss_coeff=args.moe_aux_loss_coeff,
+    )
+    model = build_gpt_model(shape, config, max_sequence_length=args.seq_length)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, args.weight_decay), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_eps,
+    )
+    start = _resume(args, model, optimizer, log)
+    evals = args.train_iters // args.eval_interval + 1 if args.eval_interval else 1
+    train_ds, valid_ds = _datasets(
+        args, tokenizer, args.train_iters * args.global_batch_size,
+        evals * args.eval_iters * args.micro_batch_size * dp,
+    )
+    monitor = PeakActivationMonitor(model)
+    flag = _SignalFlag(args.exit_signal_handler)
+    summary = dict(variant=nc.variant, params=sum(p.numel() for p in model.parameters()))
+    log(dict(event="start", iteration=start, layout=_layout(args), dp=dp, micro_batches=n_micro, **summary))
+
+    def batch(ds, first_sample):
+        samples = [ds[first_sample + i] for i in range(args.micro_batch_size)]
+        tokens = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device)
+        labels = torch.stack([torch.as_tensor(s["labels"]) for s in samples]).to(device)
+        mask = torch.stack([torch.as_tensor(s["loss_mask"]) for s in samples]).to(device)
+        positions = torch.arange(args.seq_length, device=device).unsqueeze(0).expand_as(tokens)
+        return tokens, positions, labels, mask
+
+    def micro_loss(ds, sample):
+        tokens, positions, labels, mask = batch(ds, sample)
+        losses = model(tokens, positions, None, labels=labels)
+        return (losses.float() * mask).sum() / mask.sum()
+
+    def evaluate(iteration):
+        if valid_ds is None:
+            return
+        model.eval()
+        total = torch.zeros(1)
+        with torch.no_grad():
+            for i in range(args.eval_iters):
+                first = (i * dp + dp_rank) * args.micro_batch_size
+                total += micro_loss(valid_ds, first).cpu()
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        model.train()
+        value = float(total) / (args.eval_iters * dp)
+        log(dict(event="eval", iteration=iteration, heldout_loss=value))
+        summary["heldout_loss"] = value
+        if writer:
+            writer.add_scalar("heldout/loss", value, iteration)
+
+    model.train()
+    iteration = start
+    loss_value = None
+    t0 = time.time()
+    while iteration < args.train_iters:
+        lr = _lr_at(args, iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        track = args.outlier_log_interval and (iteration + 1) % args.outlier_log_interval == 0
+        total = torch.zeros(1)
+        for m in range(n_micro):
+            if track and m == n_micro - 1:
+                monitor.arm()
+            first = iteration * args.global_batch_size + (dp_rank * n_micro + m) * args.micro_batch_size
+            loss = micro_loss(train_ds, first)
+            (loss / n_micro).backward()
+            total += loss.detach().float().cpu()
+        _finalize_grads(model, config)
+        grad_norm = _clip_grad_norm(model, args.clip_grad)
+        optimizer.step()
+        iteration += 1
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        loss_value = float(total) / (n_micro * dp)
+        record = dict(event="train", iteration=iteration, loss=loss_value, lr=lr, grad_norm=grad_norm)
+        if track:
+            peaks = monitor.collect()
+            record["peak_activation"] = max(peaks.values())
+            record["peak_activation_per_layer"] = peaks
+            if writer:
+                for name, value in peaks.items():
+                    writer.add_scalar(f"outliers/peak_abs_{name}", value, iteration)
+        if iteration % args.log_interval == 0 or track:
+            log(record)
+        if writer:
+            writer.add_scalar("train/loss", loss_value, iteration)
+            writer.add_scalar("train/grad_norm", grad_norm, iteration)
+        if args.eval_interval and iteration % args.eval_interval == 0:
+            evaluate(iteration)
+        stop = flag.any_rank() if args.exit_signal_handler else False
+        if args.save and ((args.save_interval and iteration % args.save_interval == 0) or stop):
+            _save(args, iteration, model, optimizer, log)
+        if stop:
+            log(dict(event="exit_on_signal", iteration=iteration))
+            summary.update(exited_on_signal=True, iteration=iteration)
+            return summary
+    if not (args.eval_interval and iteration % args.eval_interval == 0):
+        evaluate(iteration)
+    if args.save and not (args.save_interval and iteration % args.save_interval == 0) and iteration > start:
+        _save(args, iteration, model, optimizer, log)
+    summary.update(iteration=iteration, final_loss=loss_value, seconds=time.time() - t0)
+    log(dict(event="done", **summary))
+    if writer:
+        writer.close()
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        train(argv)
+    except ValueError as e:
+        print(f"small-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
