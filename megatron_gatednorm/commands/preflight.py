@@ -38,6 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="expected parameter total (default: the launcher's count for the recipe)")
 
 
+def _say(message: str, stream=None) -> None:
+    """One write per line: ranks share stdout, and a print may write the text and its newline
+    separately (unbuffered output under torchrun), interleaving lines of different ranks."""
+    stream = stream or sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def load_plan(args):
     from megatron_gatednorm.launch.recipes import Recipe, load_recipe
     from megatron_gatednorm.launch.validate import make_plan
@@ -134,8 +142,7 @@ def run(args) -> int:
                                     max_sequence_length=int(m["seq_length"]))
         local = count_local_params(model)
     except Exception as e:  # noqa: BLE001
-        print(f"mgn preflight: {where}: building the model shard failed: {type(e).__name__}: {e}", file=sys.stderr,
-              flush=True)
+        _say(f"mgn preflight: {where}: building the model shard failed: {type(e).__name__}: {e}", sys.stderr)
         if dist.is_initialized():
             dist.destroy_process_group()
         return 3
@@ -146,7 +153,7 @@ def run(args) -> int:
         counts = gathered
     total = sum(counts)
     expected = d["params_total"] if args.expected_params is None else args.expected_params
-    print(f"mgn preflight: {where}: rendezvous {t_rdzv:.1f} s, shard parameters {local:,}", flush=True)
+    _say(f"mgn preflight: {where}: rendezvous {t_rdzv:.1f} s, shard parameters {local:,}")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -155,7 +162,7 @@ def run(args) -> int:
             f"{where}: built parameter total {total:,} (per rank: {', '.join(f'{c:,}' for c in counts)}) != "
             f"expected {expected:,} for {plan.recipe.name}; the recipe's shape and the built model disagree")
     if rank == 0:
-        print(f"mgn preflight: OK {plan.recipe.name}: world {world} (tp {m['tensor_model_parallel_size']} pp "
-              f"{m['pipeline_model_parallel_size']} ep {m['expert_model_parallel_size']} dp {d['data_parallel_size']}), "
-              f"parameters {total:,} = launcher count", flush=True)
+        _say(f"mgn preflight: OK {plan.recipe.name}: world {world} (tp {m['tensor_model_parallel_size']} pp "
+             f"{m['pipeline_model_parallel_size']} ep {m['expert_model_parallel_size']} dp {d['data_parallel_size']}), "
+             f"parameters {total:,} = launcher count")
     return 0
