@@ -24,6 +24,11 @@ stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
 
+def say(message):
+    sys.stdout.write(message + "\n")  # one write per line: both ranks append to the same log
+    sys.stdout.flush()
+
+
 def save(iteration):
     if rank == "0":
         with open(tracker, "w") as f:
@@ -33,16 +38,15 @@ def save(iteration):
 start = 0
 if os.path.exists(load_tracker):
     start = int(open(load_tracker).read())
-    print(f"fake-megatron: rank {rank} resumed from {args.load} at iteration {start}", flush=True)
+    say(f"fake-megatron: rank {rank} resumed from {args.load} at iteration {start}")
     save(args.train_iters)  # the resumed run finishes
     sys.exit(0)
-print(f"fake-megatron: rank {rank} started (save={args.save} load={args.load} load_eq_save={args.load == args.save})",
-      flush=True)
+say(f"fake-megatron: rank {rank} started (save={args.save} load={args.load} load_eq_save={args.load == args.save})")
 for it in range(start + 1, args.train_iters + 1):
     time.sleep(float(os.environ.get("FAKE_ITER_S", "0.05")))
     if stop:
         save(it)
-        print(f"fake-megatron: rank {rank} got SIGTERM, saved iteration {it}", flush=True)
+        say(f"fake-megatron: rank {rank} got SIGTERM, saved iteration {it}")
         sys.exit(0)
 save(args.train_iters)
-print(f"fake-megatron: rank {rank} finished {args.train_iters} iterations", flush=True)
+say(f"fake-megatron: rank {rank} finished {args.train_iters} iterations")

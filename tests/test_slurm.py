@@ -93,7 +93,7 @@ def test_signal_saves_requeues_and_resumes(slurm, tmp_path):
     assert info.get("Restarts") == "1", info
     assert "mgn: caught SIGUSR1" in text, text
     assert "got SIGTERM, saved iteration" in text, text
-    saved = text.split("got SIGTERM, saved iteration ")[1].split()[0]
+    saved = text.split("rank 0 got SIGTERM, saved iteration ")[1].split()[0]  # rank 0 writes the tracker
     assert f"mgn: requeueing job {job}" in text, text
     rerun = text.split(f"mgn: job {job} restart 1 ")[1]  # SLURM_RESTART_COUNT=1 in the rerun
     assert f"mgn: resuming from {save} (latest_checkpointed_iteration={saved})" in rerun, rerun
