@@ -22,6 +22,9 @@ COMMANDS = {
     "outliers": "megatron_gatednorm.commands.outliers",
     "quant": "megatron_gatednorm.commands.quant",
     "experiment": "megatron_gatednorm.commands.experiment",
+    "launch": "megatron_gatednorm.commands.launch",
+    "preflight": "megatron_gatednorm.commands.preflight",
+    "train": "megatron_gatednorm.commands.train",
 }
 
 
@@ -42,7 +45,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in PASSTHROUGH:
         return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
-    args = build_parser().parse_args(argv)
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]])
+        if getattr(module, "PASSTHROUGH", False):  # `mgn train <Megatron flags>`: Megatron parses them
+            return module.run(argparse.Namespace(command=argv[0], megatron_args=argv[1:])) or 0
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (mgn launch R --nodes 4 lr=1e-3): argparse leaves
+    # positionals after an option unparsed, so collect them here.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args._run(args) or 0
     except ValueError as e:  # user errors: one clear line, no traceback

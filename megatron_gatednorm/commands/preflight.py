@@ -1,0 +1,168 @@
+"""``mgn preflight``: what every rank of an ``mgn launch`` job runs before training.
+
+1. reads the resolved recipe (``--recipe-json``, written by the sbatch script; or a recipe name,
+   overrides and ``--nodes``) and re-derives the plan with the launcher's own code;
+2. checks the world size (``WORLD_SIZE`` or ``SLURM_NTASKS``) against the recipe's layout
+   before any rendezvous, so a wrong ``--ntasks`` fails on every rank at once;
+3. rendezvous: ``torch.distributed`` env:// with a timeout (gloo on CPU, NCCL on GPUs), then
+   Megatron's model-parallel groups for the recipe's TP/PP/CP/EP;
+4. builds this rank's model shard on the meta device (no memory) with the plugin's specs;
+5. all-gathers the shard parameter counts (each parameter counted once: data-parallel rank 0,
+   tensor-parallel rank 0 for replicated tensors, no tied output copy) and checks the total
+   against the launcher's count.
+
+Any failure prints ``mgn preflight: rank R/W (host): <problem>`` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+HELP = "Per-rank job check: rendezvous, world size vs layout, meta-device model shards, parameter total."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe-json", help="resolved recipe written by the sbatch script ($RUN_DIR/recipe.json)")
+    p.add_argument("--recipe", help="recipe name (instead of --recipe-json)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--nodes", type=int, help="with --recipe")
+    p.add_argument("--timeout-s", type=float, default=120.0, help="rendezvous timeout")
+    p.add_argument("--rtol", type=float, default=0.0,
+                   help="allowed relative difference of the built total from the expected count")
+    p.add_argument("--expected-params", type=int, default=None,
+                   help="expected parameter total (default: the launcher's count for the recipe)")
+
+
+def _say(message: str, stream=None) -> None:
+    """One write per line: ranks share stdout, and a print may write the text and its newline
+    separately (unbuffered output under torchrun), interleaving lines of different ranks."""
+    stream = stream or sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
+def load_plan(args):
+    from megatron_gatednorm.launch.recipes import Recipe, load_recipe
+    from megatron_gatednorm.launch.validate import make_plan
+
+    if args.recipe_json:
+        with open(args.recipe_json) as f:
+            data = json.load(f)
+        recipe = Recipe.from_dict(data["recipe"])
+        return make_plan(recipe, int(data["nodes"]), data.get("gpu_memory_gb"))
+    if not args.recipe or not args.nodes:
+        raise ValueError("preflight needs --recipe-json PATH, or --recipe NAME and --nodes N")
+    return make_plan(load_recipe(args.recipe, args.overrides, nodes=args.nodes), args.nodes)
+
+
+def count_local_params(model) -> int:
+    """This rank's share of the global parameter count (see module doc)."""
+    from megatron.core import parallel_state as ps
+
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    dp_rank = ps.get_data_parallel_rank(with_context_parallel=True)
+    etp_rank = ps.get_expert_tensor_parallel_rank()
+    edp_rank = ps.get_expert_data_parallel_rank()
+    first_stage = ps.is_pipeline_first_stage(ignore_virtual=True)
+    n = 0
+    for p in model.parameters():
+        partitioned = getattr(p, "tensor_model_parallel", False)
+        if not getattr(p, "allreduce", True):  # expert parameter
+            if edp_rank != 0 or (etp_rank != 0 and not partitioned):
+                continue
+        elif dp_rank != 0 or (tp_rank != 0 and not partitioned):
+            continue
+        if getattr(p, "shared_embedding", False) and not first_stage:
+            continue  # the last stage's copy of tied embeddings
+        n += p.numel()
+    return n
+
+
+def run(args) -> int:
+    from megatron_gatednorm.launch.ranks import torch_env_from_slurm
+
+    torch_env_from_slurm()
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    host = socket.gethostname()
+    where = f"rank {rank}/{world} ({host})"
+    try:
+        plan = load_plan(args)
+    except ValueError as e:
+        raise ValueError(f"{where}: recipe: {e}") from None
+    d, m = plan.derived, plan.megatron
+    expected_world = d["world_size"]
+    if world != expected_world:
+        raise ValueError(
+            f"{where}: world size {world} does not match recipe {plan.recipe.name}: nodes={plan.nodes} × "
+            f"gpus_per_node={d['gpus_per_node']} = {expected_world} ranks; valid: run it with "
+            f"--nodes={plan.nodes} --ntasks-per-node={d['gpus_per_node']} (srun) or fix launch.gpus_per_node")
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    t0 = time.time()
+
+    cpu = plan.recipe.launch["device"] == "cpu" or not torch.cuda.is_available()
+    if not cpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        if world > 1 or "MASTER_ADDR" in os.environ:
+            dist.init_process_group("gloo" if cpu else "nccl", init_method="env://", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=args.timeout_s))
+    except Exception as e:  # noqa: BLE001 - report any rendezvous failure with the rank
+        raise ValueError(f"{where}: rendezvous at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                         f"failed: {type(e).__name__}: {e}") from None
+    t_rdzv = time.time() - t0
+    try:
+        from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+
+        init_distributed(
+            tensor_model_parallel_size=int(m["tensor_model_parallel_size"]),
+            pipeline_model_parallel_size=int(m["pipeline_model_parallel_size"]),
+            expert_model_parallel_size=int(m["expert_model_parallel_size"]),
+            context_parallel_size=int(m["context_parallel_size"]),
+        )
+        # perform_initialization: Megatron sets the tensor-parallel attributes only while initialising
+        # (free on the meta device); count_local_params needs them.
+        overrides = dict(init_model_with_meta_device=True, use_cpu_initialization=True, perform_initialization=True,
+                         sequence_parallel=bool(m.get("sequence_parallel")) and m["tensor_model_parallel_size"] > 1)
+        if m.get("expert_tensor_parallel_size"):
+            overrides["expert_tensor_parallel_size"] = int(m["expert_tensor_parallel_size"])
+        config = transformer_config(plan.shape, plan.norm_config, **overrides)
+        use_te = m.get("transformer_impl") == "transformer_engine" and not cpu
+        with torch.device("meta"):
+            model = build_gpt_model(plan.shape, config, use_transformer_engine=use_te,
+                                    max_sequence_length=int(m["seq_length"]))
+        local = count_local_params(model)
+    except Exception as e:  # noqa: BLE001
+        _say(f"mgn preflight: {where}: building the model shard failed: {type(e).__name__}: {e}", sys.stderr)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return 3
+    counts = [local]
+    if dist.is_initialized() and world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, local)
+        counts = gathered
+    total = sum(counts)
+    expected = d["params_total"] if args.expected_params is None else args.expected_params
+    _say(f"mgn preflight: {where}: rendezvous {t_rdzv:.1f} s, shard parameters {local:,}")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if abs(total - expected) > args.rtol * expected:
+        raise ValueError(
+            f"{where}: built parameter total {total:,} (per rank: {', '.join(f'{c:,}' for c in counts)}) != "
+            f"expected {expected:,} for {plan.recipe.name}; the recipe's shape and the built model disagree")
+    if rank == 0:
+        _say(f"mgn preflight: OK {plan.recipe.name}: world {world} (tp {m['tensor_model_parallel_size']} pp "
+             f"{m['pipeline_model_parallel_size']} ep {m['expert_model_parallel_size']} dp {d['data_parallel_size']}), "
+             f"parameters {total:,} = launcher count")
+    return 0

@@ -1,0 +1,229 @@
+"""The sbatch script of a :class:`~.validate.Plan`, and its submission.
+
+What the script does, in order:
+
+1. ``#SBATCH`` header: nodes, one task per GPU (srun-native) or per node (torchrun), GPUs,
+   ``--time``, ``--signal=B:<SIG>@<lead>`` (to the batch shell only), ``--requeue``,
+   ``--open-mode=append`` (a requeued run appends to the same log);
+2. ``MASTER_ADDR`` = first host of ``scontrol show hostnames``; ``MASTER_PORT`` = 20000 +
+   job id mod 20000 (no collisions between jobs sharing a node);
+3. writes the resolved recipe to ``$RUN_DIR/recipe.json`` (read by ``mgn preflight``);
+4. resume: reports the iteration in ``$SAVE/latest_checkpointed_iteration.txt`` (Megatron's
+   tracker; ``--load`` is ``--save``) and exits at once if it already reached ``train_iters``;
+5. ``mgn preflight`` on every rank (rendezvous, layout, parameter count on the meta device);
+6. training in the background (``wait`` returns when the trap fires). On the signal the trap
+   sends SIGTERM to the job steps (``scancel --signal=TERM``: a SIGTERM to ``srun`` itself would
+   kill the tasks; ``slurmstepd`` logs "STEP CANCELLED" but sends no SIGKILL after KillWait: a
+   task kept running 45 s after it with KillWait=30 on slurm 22.05); Megatron's ``--exit-signal-handler`` saves a checkpoint and
+   exits; the script then requeues the job (up to ``launch.max_requeues``) if the run is not
+   finished. Longer runs are also covered by a chain of ``--dependency=afterany`` jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from typing import List, Optional
+
+from megatron_gatednorm.launch.argv import megatron_argv
+
+DEFAULT_ENV = {
+    # Megatron's overlap of TP communication with compute needs a single hardware queue.
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    "NCCL_DEBUG": "WARN",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "PYTHONFAULTHANDLER": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def _q(value) -> str:
+    return shlex.quote(str(value))
+
+
+def header_lines(plan) -> List[str]:
+    r, launch, slurm = plan.recipe, plan.recipe.launch, plan.recipe.slurm
+    tasks = launch["gpus_per_node"] if launch["launcher"] == "srun" else 1
+    run_dir = plan.derived["run_dir"]
+    lines = [
+        f"--job-name={slurm.get('job_name') or r.name}",
+        f"--nodes={plan.nodes}",
+        f"--ntasks-per-node={tasks}",
+    ]
+    if launch["device"] == "cuda":
+        lines.append(f"--gpus-per-node={launch['gpus_per_node']}")
+    if slurm.get("cpus_per_task"):
+        lines.append(f"--cpus-per-task={slurm['cpus_per_task']}")
+    if slurm.get("mem") is not None:
+        lines.append(f"--mem={slurm['mem']}")
+    lines.append(f"--time={slurm['time']}")
+    for key in ("partition", "account", "qos"):
+        if slurm.get(key):
+            lines.append(f"--{key}={slurm[key]}")
+    if slurm.get("exclusive"):
+        lines.append("--exclusive")
+    lines += [
+        f"--signal=B:{launch['signal']}@{int(launch['signal_lead_s'])}",
+        "--requeue",
+        "--open-mode=append",
+        f"--output={run_dir}/logs/%x-%j.out",
+    ]
+    lines += [str(x) for x in slurm.get("extra") or []]
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def _srun_prefix(plan) -> List[str]:
+    launch = plan.recipe.launch
+    srun = ["srun", "--kill-on-bad-exit=1"]
+    if launch["launcher"] == "srun":
+        srun.append(f"--ntasks-per-node={launch['gpus_per_node']}")
+    else:
+        srun.append("--ntasks-per-node=1")
+    if launch.get("container_image"):
+        srun.append(f"--container-image={launch['container_image']}")
+        if launch.get("container_mounts"):
+            srun.append(f"--container-mounts={launch['container_mounts']}")
+        srun.append(f"--container-workdir={launch.get('container_workdir') or '$PWD'}")
+    return srun
+
+
+def _python_cmd(plan, module_args: List[str]) -> List[str]:
+    """The per-task command: srun-native runs Python directly; torchrun starts the ranks."""
+    launch = plan.recipe.launch
+    py = launch["python"]
+    if launch["launcher"] == "srun":
+        return [py] + module_args
+    return [py, "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
+            f"--nproc-per-node={launch['gpus_per_node']}", "--rdzv-backend=c10d",
+            '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"'] + module_args
+
+
+def render(plan) -> str:
+    """The sbatch script (bash) for ``plan``."""
+    r, launch = plan.recipe, plan.recipe.launch
+    m = plan.megatron
+    run_dir = plan.derived["run_dir"]
+    argv = megatron_argv(plan)
+    env = {**DEFAULT_ENV, **{k: str(v) for k, v in r.env.items() if v is not None}}
+    if launch["device"] == "cpu":
+        env.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
+    pythonpath = [p for p in (launch.get("megatron_lm_path"), launch.get("pythonpath")) if p]
+    resolved = r.to_dict()
+    resolved["launch"]["run_dir"] = run_dir  # absolute: ranks may start in another directory
+    recipe_json = json.dumps(dict(recipe=resolved, nodes=plan.nodes,
+                                  gpu_memory_gb=plan.derived["gpu_memory_gb"]), sort_keys=True)
+    entry = shlex.split(launch["entrypoint"])
+    srun = " ".join(_srun_prefix(plan))
+    lines = ["#!/bin/bash", f"# {r.name}: rendered by `mgn launch` (megatron-gatednorm); do not edit by hand,",
+             f"# re-render with: mgn launch {r.name} {' '.join(shlex.quote(o) for o in r.overrides)} --nodes {plan.nodes}".rstrip()]
+    lines += header_lines(plan)
+    lines += [
+        "set -uo pipefail",
+        "",
+        f"RUN_DIR={_q(run_dir)}",
+        f"SAVE={_q(m['save'])}",
+        f"TRAIN_ITERS={int(m['train_iters'])}",
+        f"MAX_REQUEUES={int(launch['max_requeues'])}",
+        'mkdir -p "$RUN_DIR/logs" "$SAVE"',
+        "",
+        "# Rendezvous: first node of the allocation; the port is derived from the job id.",
+        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+    ]
+    for k, v in env.items():
+        lines.append(f"export {k}={_q(v)}")
+    if pythonpath:
+        lines.append(f'export PYTHONPATH={_q(":".join(pythonpath))}"${{PYTHONPATH:+:$PYTHONPATH}}"')
+    lines += [
+        'echo "mgn: job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST '
+        'master $MASTER_ADDR:$MASTER_PORT at $(date -Is)"',
+        "",
+        "cat > \"$RUN_DIR/recipe.json\" <<'MGN_RECIPE_EOF'",
+        recipe_json,
+        "MGN_RECIPE_EOF",
+        "",
+        "# Resume from --save (= --load): Megatron's tracker file names the latest iteration.",
+        'latest_iteration() { cat "$SAVE/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0; }',
+        'if [ -f "$SAVE/latest_checkpointed_iteration.txt" ]; then',
+        '  echo "mgn: resuming from $SAVE (latest_checkpointed_iteration=$(latest_iteration))"',
+        '  if [ "$(latest_iteration)" != release ] && [ "$(latest_iteration)" -ge "$TRAIN_ITERS" ]; then',
+        '    echo "mgn: run already finished ($TRAIN_ITERS iterations); nothing to do"; exit 0',
+        "  fi",
+        "else",
+        '  echo "mgn: no checkpoint in $SAVE; starting from iteration 0"',
+        "fi",
+        "",
+    ]
+    if launch.get("preflight", True):
+        preflight = _python_cmd(plan, ["-m", "megatron_gatednorm.cli", "preflight", "--recipe-json", "$RUN_DIR/recipe.json"])
+        lines += [
+            "# Preflight on every rank: rendezvous, layout, parameter count (fails fast, naming the rank).",
+            f"{srun} {' '.join(preflight)} || {{ echo \"mgn: preflight failed\"; exit 3; }}",
+            "",
+        ]
+    train = _python_cmd(plan, entry + ['"${MEGATRON_ARGS[@]}"'])
+    lines += ["MEGATRON_ARGS=("]
+    lines += [f"  {_q(a)}" for a in argv]
+    lines += [
+        ")",
+        "",
+        "# The time-limit signal (only the batch shell gets it) → SIGTERM to every job step (not to",
+        "# srun itself, which would kill the tasks) → Megatron saves and exits → requeue below.",
+        "# A plain SIGTERM (scancel, preemption) is forwarded the same way but does not requeue.",
+        "SIGNALLED=0",
+        "CANCELLED=0",
+        "on_signal() {",
+        '  echo "mgn: caught SIG$1 at $(date -Is): asking Megatron to save and exit (SIGTERM to the job steps)"',
+        '  if [ "$1" = TERM ]; then CANCELLED=1; else SIGNALLED=1; fi',
+        '  scancel --signal=TERM "$SLURM_JOB_ID"',
+        "}",
+        f"trap 'on_signal {launch['signal']}' {launch['signal']}",
+        "trap 'on_signal TERM' TERM",
+        "",
+        f"{srun} {' '.join(train)} &",
+        "TRAIN_PID=$!",
+        "# wait returns early when a trapped signal arrives: keep waiting until the step has exited.",
+        'wait "$TRAIN_PID"; RC=$?',
+        'while kill -0 "$TRAIN_PID" 2>/dev/null; do wait "$TRAIN_PID"; RC=$?; done',
+        'echo "mgn: training step exited with rc=$RC at iteration $(latest_iteration) of $TRAIN_ITERS"',
+        'if [ "$(latest_iteration)" != release ] && [ "$(latest_iteration)" -lt "$TRAIN_ITERS" ] \\',
+        '   && [ "$CANCELLED" = 0 ] && { [ "$SIGNALLED" = 1 ] || [ "$RC" = 0 ]; } \\',
+        '   && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then',
+        '  echo "mgn: requeueing job $SLURM_JOB_ID to resume from $SAVE"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "fi",
+        'exit "$RC"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def submit(plan, script: str, sbatch: str = "sbatch") -> List[str]:
+    """Write the script under ``$RUN_DIR/sbatch/`` and submit ``chain_jobs`` jobs, each
+    depending (afterany) on the previous one. Returns the job ids."""
+    run_dir = plan.derived["run_dir"]
+    os.makedirs(os.path.join(run_dir, "sbatch"), exist_ok=True)
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    path = os.path.join(run_dir, "sbatch", f"{plan.recipe.name}.sbatch")
+    with open(path, "w") as f:
+        f.write(script)
+    ids: List[str] = []
+    previous: Optional[str] = None
+    for _ in range(plan.derived["chain_jobs"]):
+        cmd = [sbatch, "--parsable"]
+        if previous:
+            cmd.append(f"--dependency=afterany:{previous}")
+        cmd.append(path)
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise ValueError(f"sbatch={sbatch!r} not found; valid: run --submit where Slurm's sbatch is on PATH "
+                             f"(or --dry-run here)") from None
+        if out.returncode != 0:
+            done = f" (already submitted: {', '.join(ids)})" if ids else ""
+            raise ValueError(f"{' '.join(cmd)} failed (rc {out.returncode}): {out.stderr.strip()}{done}")
+        previous = out.stdout.strip().split(";")[0]
+        ids.append(previous)
+    return ids

@@ -1,0 +1,460 @@
+"""Check a recipe against a node count before anything is submitted, and derive the numbers.
+
+:func:`make_plan` turns a :class:`~.recipes.Recipe` (layout already merged) into a
+:class:`Plan`: the final Megatron flag values (parallel sizes, ``train_iters`` from the token
+budget, the parity FFN width), the plugin's :class:`NormConfig`, the model's
+:class:`ModelShape`, parameter counts and a per-GPU memory estimate.
+
+Every problem raises ``ValueError("<field>=<value> <problem>; valid: <what would fit>")``.
+
+The memory estimate (GiB per GPU, the most loaded pipeline stage) is a planning number, not a
+measurement:
+
+* weights 2 B/param (bf16), gradients 4 B/param (Megatron accumulates bf16 grads in fp32),
+  Adam 12 B/param (fp32 main params + 2 moments) divided by the data-parallel size with
+  ``use_distributed_optimizer``; expert parameters are divided by the expert-parallel sizes;
+* activations per layer and micro-batch, bf16, tensor/sequence-parallel split (flash
+  attention, so no s² term): LN in/out ``2h``, Q/K/V, attention context and output gate,
+  MLP ``fc1`` out (``2f`` SwiGLU) and activation out ``f`` (MoE: top-k routed copies), the
+  gate scores of gated norms; ``recompute_granularity=full`` keeps only each layer's input
+  (``2h``) plus one layer's full activations; 1F1B keeps ``min(pp, micro-batches)`` in flight;
+* logits ``6·s·b·V/tp`` bytes on the last stage (bf16 + fp32 copy for the loss);
+* ``(sum) × 1.1 + 3 GiB`` for allocator fragmentation, CUDA context and communication buffers
+  (a chosen margin; ``launch.activation_memory_factor`` scales the activation term).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from megatron_gatednorm.args import FLAGS
+from megatron_gatednorm.config import NormConfig, NormConfigError
+from megatron_gatednorm.launch.recipes import Recipe, select_layout  # noqa: F401
+from megatron_gatednorm.parity import ModelShape, count_params, parity_ffn
+
+GiB = 1024 ** 3
+PARALLEL_KEYS = (
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+    "expert_model_parallel_size", "expert_tensor_parallel_size",
+    "num_layers_per_virtual_pipeline_stage", "sequence_parallel",
+)
+
+
+def _fmt(values) -> str:
+    return ", ".join(str(v) for v in values) if values else "none"
+
+
+def divisors(n: int) -> List[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def parse_freq(key: str, value, num_layers: int):
+    """Megatron's ``--moe-layer-freq`` / ``--linear-attention-freq``: an int or a Python list
+    expression such as ``([0]*3+[1])*12`` (evaluated without builtins, like Megatron does)."""
+    if value is None or isinstance(value, (int, list)):
+        return value
+    text = str(value).strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    if not re.fullmatch(r"[\[\]\d\s,*+()]+", text):
+        raise ValueError(f"invalid {key}={value!r}: expected an int or a list expression like ([0]*3+[1])*12")
+    pattern = eval(compile(ast.parse(text, mode="eval"), key, "eval"), {"__builtins__": {}})  # noqa: S307
+    if not isinstance(pattern, list) or len(pattern) != num_layers:
+        raise ValueError(f"invalid {key}={value!r}: the pattern must have num_layers={num_layers} entries")
+    return pattern
+
+
+def shape_from_megatron(m: Dict[str, Any], vocab_size: Optional[int] = None) -> ModelShape:
+    """The :class:`ModelShape` that Megatron-LM would build from these flag values (Megatron's
+    defaults for absent flags: biases on, no SwiGLU, tied embeddings, MHA)."""
+    for key in ("num_layers", "hidden_size", "num_attention_heads"):
+        if m.get(key) is None:
+            raise ValueError(f"invalid megatron.{key}=None: required")
+    h, heads = int(m["hidden_size"]), int(m["num_attention_heads"])
+    ffn = m.get("ffn_hidden_size") or 4 * h
+    num_experts = m.get("num_experts")
+    return ModelShape(
+        num_layers=int(m["num_layers"]),
+        hidden_size=h,
+        num_attention_heads=heads,
+        ffn_hidden_size=int(ffn),
+        vocab_size=int(vocab_size or m.get("vocab_size") or 0),
+        num_query_groups=int(m["num_query_groups"]) if m.get("group_query_attention") and m.get("num_query_groups") else None,
+        kv_channels=m.get("kv_channels"),
+        swiglu=bool(m.get("swiglu", False)),
+        add_bias_linear=not m.get("disable_bias_linear", False),
+        add_qkv_bias=bool(m.get("add_qkv_bias", False)),
+        untie_embeddings_and_output_weights=bool(m.get("untie_embeddings_and_output_weights", False)),
+        qk_layernorm=bool(m.get("qk_layernorm", False)),
+        attention_output_gate=bool(m.get("attention_output_gate", False)),
+        position_embedding_type=m.get("position_embedding_type", "learned_absolute"),
+        max_position_embeddings=int(m.get("max_position_embeddings") or m.get("seq_length") or 0),
+        num_experts=num_experts,
+        moe_ffn_hidden_size=m.get("moe_ffn_hidden_size") if num_experts else None,
+        moe_shared_expert_intermediate_size=m.get("moe_shared_expert_intermediate_size") if num_experts else None,
+        moe_shared_expert_gate=bool(m.get("moe_shared_expert_gate", False)),
+        moe_router_topk=int(m.get("moe_router_topk", 2)),
+        moe_layer_freq=parse_freq("moe_layer_freq", m.get("moe_layer_freq", 1), int(m["num_layers"])),
+        experimental_attention_variant=m.get("experimental_attention_variant"),
+        linear_attention_freq=parse_freq("linear_attention_freq", m.get("linear_attention_freq"), int(m["num_layers"])),
+        linear_conv_kernel_dim=int(m.get("linear_conv_kernel_dim", 4)),
+        linear_key_head_dim=int(m.get("linear_key_head_dim", 128)),
+        linear_value_head_dim=int(m.get("linear_value_head_dim", 128)),
+        linear_num_key_heads=int(m.get("linear_num_key_heads", 16)),
+        linear_num_value_heads=int(m.get("linear_num_value_heads", 32)),
+    )
+
+
+def norm_config_from_recipe(recipe: Recipe) -> NormConfig:
+    """The plugin config of the recipe's ``gatednorm:`` section (NormConfig defaults elsewhere)."""
+    values = {}
+    for flag, field_name, _ in FLAGS:
+        key = flag.lstrip("-").replace("-", "_")
+        if recipe.gatednorm.get(key) is not None:
+            values[field_name] = recipe.gatednorm[key]
+    try:
+        return NormConfig(**values)
+    except NormConfigError as e:
+        key = next(f for f, fld, _ in FLAGS if fld == e.field).lstrip("-").replace("-", "_")
+        raise ValueError(f"invalid gatednorm.{key}={e.value!r}: {e.reason}") from None
+
+
+def padded_vocab(vocab: int, divisible_by: int, tp: int) -> int:
+    multiple = divisible_by * tp
+    return int(math.ceil(vocab / multiple) * multiple)
+
+
+def parse_slurm_time(value: str) -> float:
+    """Hours of an sbatch ``--time`` (``MM``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not m:
+        raise ValueError(f"invalid slurm.time={value!r}: expected MM, HH:MM:SS or D-HH:MM:SS")
+    days, a, b, c = m.groups()
+    if days is None and b is None:  # plain minutes
+        return int(a) / 60
+    hours = int(a) + (int(b or 0)) / 60 + (int(c or 0)) / 3600
+    return hours + 24 * int(days or 0)
+
+
+@dataclass
+class Plan:
+    """Everything the launcher derived: the final flags plus the numbers it reports."""
+
+    recipe: Recipe
+    nodes: int
+    megatron: Dict[str, Any]
+    norm_config: NormConfig
+    shape: ModelShape
+    derived: Dict[str, Any] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+
+def _routed_expert_params(s: ModelShape) -> int:
+    if not s.num_experts:
+        return 0
+    f = s.moe_ffn_hidden_size or s.ffn_hidden_size
+    per_expert = s.hidden_size * f * (3 if s.swiglu else 2)
+    return sum(s.moe_pattern()) * s.num_experts * per_expert
+
+
+def memory_estimate(plan_m: Dict[str, Any], shape: ModelShape, nc: NormConfig, world: int,
+                    num_microbatches: int, factor: float = 1.0) -> Dict[str, float]:
+    """Per-GPU memory in GiB (see module doc for the model)."""
+    tp = plan_m.get("tensor_model_parallel_size", 1)
+    pp = plan_m.get("pipeline_model_parallel_size", 1)
+    cp = plan_m.get("context_parallel_size", 1)
+    ep = plan_m.get("expert_model_parallel_size", 1)
+    etp = plan_m.get("expert_tensor_parallel_size") or tp
+    dp = world // (tp * pp * cp)
+    edp = max(1, world // (ep * etp * pp))
+    total = count_params(shape, nc)["total"]
+    expert = _routed_expert_params(shape)
+    embed = shape.vocab_size * shape.hidden_size
+    dense_layers = total - expert - embed * (2 if shape.untie_embeddings_and_output_weights else 1)
+    # The most loaded stage: its share of the layers plus the (input or output) embedding.
+    p_dense = dense_layers / (tp * pp) + embed / tp
+    p_expert = expert / (ep * etp * pp)
+    weight_bytes = 2 if plan_m.get("bf16") or plan_m.get("fp16") else 4
+    weights = weight_bytes * (p_dense + p_expert)
+    grads = 4 * (p_dense + p_expert)
+    if plan_m.get("use_distributed_optimizer"):
+        optimizer = 12 * (p_dense / dp + p_expert / edp)
+    else:
+        optimizer = 12 * (p_dense + p_expert)
+
+    h = shape.hidden_size
+    sb = plan_m["seq_length"] // cp * plan_m["micro_batch_size"]
+    q = shape.num_attention_heads * shape.head_dim
+    kv = shape.query_groups * shape.head_dim
+    gate = q if shape.attention_output_gate else 0
+    attn = 2 * h + q + 2 * kv + q + gate + q
+    lin_qk = shape.linear_key_head_dim * shape.linear_num_key_heads
+    lin_v = shape.linear_value_head_dim * shape.linear_num_value_heads
+    linear_attn = 2 * h + 2 * lin_qk + 3 * lin_v
+    fmul = 3 if shape.swiglu else 2
+    dense_mlp = 2 * h + fmul * shape.ffn_hidden_size
+    moe_f = shape.moe_ffn_hidden_size or shape.ffn_hidden_size
+    moe_mlp = 2 * h + shape.moe_router_topk * (h + fmul * moe_f) + fmul * (shape.moe_shared_expert_intermediate_size or 0)
+    gated_slots = len([p for p in ("attn", "mlp") if p in nc.placement]) if nc.gated else 0
+    norm_extra = gated_slots * (h + nc.rank)
+    per_layer = []
+    for linear, moe in zip(shape.linear_attention_pattern(), shape.moe_pattern()):
+        units = (linear_attn if linear else attn) + (moe_mlp if moe else dense_mlp) + norm_extra
+        per_layer.append(2 * sb * units / tp)
+    layers_per_stage = shape.num_layers / pp
+    mean_layer = sum(per_layer) / len(per_layer)
+    granularity = plan_m.get("recompute_granularity")
+    if granularity == "full":
+        stage_act = layers_per_stage * 2 * sb * h / tp + max(per_layer)
+    else:
+        stage_act = layers_per_stage * mean_layer
+    inflight = min(pp, num_microbatches)
+    logits = 6 * sb * shape.vocab_size / tp
+    activations = factor * (stage_act * inflight + logits)
+    parts = dict(weights=weights, grads=grads, optimizer=optimizer, activations=activations)
+    out = {k: v / GiB for k, v in parts.items()}
+    out["total"] = (sum(parts.values()) * 1.1) / GiB + 3.0
+    return out
+
+
+def _tp_choices(heads: int, groups: int, world: int, gpus_per_node: int) -> List[int]:
+    g = math.gcd(heads, groups)
+    return [d for d in divisors(g) if world % d == 0 and d <= gpus_per_node]
+
+
+def check_layout(m: Dict[str, Any], shape: ModelShape, nodes: int, gpus_per_node: int) -> Dict[str, int]:
+    """Validate the parallel layout; return world, dp and expert-dp sizes."""
+    if nodes < 1:
+        raise ValueError(f"invalid nodes={nodes}: must be >= 1")
+    world = nodes * gpus_per_node
+    tp = int(m.get("tensor_model_parallel_size", 1))
+    pp = int(m.get("pipeline_model_parallel_size", 1))
+    cp = int(m.get("context_parallel_size", 1))
+    ep = int(m.get("expert_model_parallel_size", 1))
+    etp = int(m.get("expert_tensor_parallel_size") or tp)
+    heads, groups = shape.num_attention_heads, shape.query_groups
+    tp_ok = _tp_choices(heads, groups, world, gpus_per_node)
+    if heads % tp:
+        raise ValueError(f"tensor_model_parallel_size={tp} does not divide num_attention_heads={heads}; valid: {_fmt(tp_ok)}")
+    if groups % tp:
+        raise ValueError(f"tensor_model_parallel_size={tp} does not divide num_query_groups={groups}; valid: {_fmt(tp_ok)}")
+    if tp > gpus_per_node:
+        raise ValueError(
+            f"tensor_model_parallel_size={tp} exceeds gpus_per_node={gpus_per_node} (tensor parallelism "
+            f"must stay inside a node); valid: {_fmt(tp_ok)}")
+    if shape.experimental_attention_variant == "gated_delta_net":
+        for key, n in (("linear_num_key_heads", shape.linear_num_key_heads), ("linear_num_value_heads", shape.linear_num_value_heads)):
+            if n % tp:
+                raise ValueError(f"tensor_model_parallel_size={tp} does not divide {key}={n}; valid: "
+                                 f"{_fmt([d for d in tp_ok if n % d == 0])}")
+    layers = shape.num_layers
+    if layers % pp:
+        pp_ok = [d for d in divisors(layers) if world % (tp * d) == 0]
+        raise ValueError(f"pipeline_model_parallel_size={pp} does not divide num_layers={layers}; valid: {_fmt(pp_ok)}")
+    vp = m.get("num_layers_per_virtual_pipeline_stage")
+    if vp and (layers // pp) % int(vp):
+        raise ValueError(
+            f"num_layers_per_virtual_pipeline_stage={vp} does not divide the {layers // pp} layers of a "
+            f"pipeline stage; valid: {_fmt(divisors(layers // pp))}")
+    if world % (tp * pp * cp):
+        fits = [n for n in range(1, 4 * nodes + 1) if (n * gpus_per_node) % (tp * pp * cp) == 0][:4]
+        raise ValueError(
+            f"nodes={nodes}: world size {world} (nodes × gpus_per_node={gpus_per_node}) is not divisible by "
+            f"tensor×pipeline×context parallel = {tp}×{pp}×{cp} = {tp * pp * cp}; valid nodes: {_fmt(fits)}")
+    dp = world // (tp * pp * cp)
+    seq = int(m.get("seq_length", 0))
+    if cp > 1 and seq % (2 * cp):
+        raise ValueError(f"context_parallel_size={cp} needs seq_length divisible by 2×cp={2 * cp}; "
+                         f"seq_length={seq}; valid context_parallel_size: {_fmt([d for d in divisors(seq // 2) if d <= 16])}")
+    edp = 1
+    if shape.num_experts:
+        experts = shape.num_experts
+        if experts % ep:
+            raise ValueError(f"expert_model_parallel_size={ep} does not divide num_experts={experts}; valid: "
+                             f"{_fmt([d for d in divisors(experts) if world % (d * etp * pp) == 0])}")
+        if world % (ep * etp * pp):
+            raise ValueError(
+                f"expert_model_parallel_size={ep}: world size {world} is not divisible by expert×expert-tensor×"
+                f"pipeline parallel = {ep}×{etp}×{pp}; valid: "
+                f"{_fmt([d for d in divisors(experts) if world % (d * etp * pp) == 0])}")
+        edp = world // (ep * etp * pp)
+    elif ep > 1:
+        raise ValueError(f"expert_model_parallel_size={ep} but the model has no experts (num_experts unset); valid: 1")
+    if m.get("sequence_parallel") and tp > 1 and seq % tp:
+        raise ValueError(f"sequence_parallel needs seq_length divisible by tensor_model_parallel_size={tp}; "
+                         f"seq_length={seq}")
+    return dict(world_size=world, data_parallel_size=dp, expert_data_parallel_size=edp)
+
+
+def check_batch(m: Dict[str, Any], dp: int) -> int:
+    mbs, gbs = int(m.get("micro_batch_size", 1)), m.get("global_batch_size")
+    if mbs < 1:
+        raise ValueError(f"micro_batch_size={mbs}: must be >= 1")
+    if gbs is None:
+        raise ValueError(f"global_batch_size=None: required; valid: a multiple of micro_batch_size×data_parallel_size={mbs * dp}")
+    step = mbs * dp
+    if gbs % step:
+        lower, upper = (gbs // step) * step, (gbs // step + 1) * step
+        raise ValueError(
+            f"global_batch_size={gbs} is not divisible by micro_batch_size×data_parallel_size={mbs}×{dp}={step}; "
+            f"valid: {_fmt([v for v in (lower, upper) if v > 0])}")
+    return gbs // step
+
+
+def check_sequence(m: Dict[str, Any]) -> None:
+    seq = m.get("seq_length")
+    if not seq or int(seq) < 1:
+        raise ValueError(f"seq_length={seq}: required, >= 1")
+    mpe = m.get("max_position_embeddings")
+    if mpe is not None and int(mpe) < int(seq):
+        raise ValueError(f"seq_length={seq} exceeds max_position_embeddings={mpe}; valid: seq_length <= {mpe} "
+                         f"or max_position_embeddings={seq}")
+
+
+def check_memory(plan: Plan, gpu_memory_gb: float) -> None:
+    mem = plan.derived["memory_gib"]
+    if mem["total"] <= gpu_memory_gb:
+        return
+    fits = []
+    m, s, nc = plan.megatron, plan.shape, plan.norm_config
+    world, nmb = plan.derived["world_size"], plan.derived["num_microbatches"]
+    factor = plan.recipe.launch.get("activation_memory_factor", 1.0)
+    candidates = []
+    if m.get("recompute_granularity") != "full":
+        candidates.append(dict(recompute_granularity="full"))
+    if m.get("micro_batch_size", 1) > 1:
+        candidates.append(dict(micro_batch_size=max(1, m["micro_batch_size"] // 2)))
+    if not m.get("use_distributed_optimizer"):
+        candidates.append(dict(use_distributed_optimizer=True))
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size"):
+        candidates.append({key: int(m.get(key, 1)) * 2})
+    for cand in candidates:
+        trial = {**m, **cand}
+        try:
+            check_layout(trial, s, plan.nodes, plan.recipe.launch["gpus_per_node"])
+        except ValueError:
+            continue
+        if memory_estimate(trial, s, nc, world, nmb, factor)["total"] <= gpu_memory_gb:
+            fits.append(", ".join(f"{k}={v}" for k, v in cand.items()))
+    breakdown = ", ".join(f"{k} {v:.1f}" for k, v in mem.items() if k != "total")
+    raise ValueError(
+        f"gpu_memory_gb={gpu_memory_gb:g}: estimated {mem['total']:.1f} GiB per GPU ({breakdown} GiB) does not fit; "
+        f"valid: {'; '.join(fits) if fits else 'none of recompute/micro-batch/parallelism changes alone; use more nodes'}")
+
+
+def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None) -> Plan:
+    """Validate ``recipe`` (layout merged by ``load_recipe(..., nodes=...)``) and derive numbers."""
+    launch = recipe.launch
+    if launch["launcher"] not in ("srun", "torchrun"):
+        raise ValueError(f"invalid launch.launcher={launch['launcher']!r}; valid: srun, torchrun")
+    if launch["device"] not in ("cuda", "cpu"):
+        raise ValueError(f"invalid launch.device={launch['device']!r}; valid: cuda, cpu")
+    gpn = int(launch["gpus_per_node"])
+    if gpn < 1:
+        raise ValueError(f"invalid launch.gpus_per_node={gpn}: must be >= 1")
+    m = dict(recipe.megatron)
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+                "expert_model_parallel_size"):
+        m.setdefault(key, 1)
+    nc = norm_config_from_recipe(recipe)
+    check_sequence(m)
+    tp = int(m["tensor_model_parallel_size"])
+    base_shape = shape_from_megatron(m)
+    if not base_shape.vocab_size:
+        raise ValueError("invalid megatron.vocab_size=None: required for the parameter count (the padded "
+                         "tokenizer vocabulary, e.g. 151936)")
+    layout = check_layout(m, base_shape, nodes, gpn)
+    try:
+        nc.check_hidden_size(base_shape.hidden_size)
+    except NormConfigError as e:
+        raise ValueError(f"invalid gatednorm.gatednorm_rank={e.value!r}: {e.reason}") from None
+    derived: Dict[str, Any] = dict(nodes=nodes, gpus_per_node=gpn, **layout)
+    shape = base_shape
+    if launch.get("parameter_parity"):
+        report = parity_ffn(base_shape, nc)
+        shape = base_shape.replace(**{report.field: report.width})
+        m[report.field] = report.width
+        derived["parity"] = dict(field=report.field, baseline_width=report.baseline_width, width=report.width,
+                                 baseline_params=report.baseline_params,
+                                 params_before_parity=report.variant_params_before, params=report.params)
+    num_microbatches = check_batch(m, layout["data_parallel_size"])
+    seq, gbs = int(m["seq_length"]), int(m["global_batch_size"])
+    tokens_per_step = seq * gbs
+    if m.get("train_iters") is None:
+        tokens = launch.get("train_tokens")
+        if tokens is None:
+            raise ValueError("launch.train_tokens=None and megatron.train_iters=None: set one "
+                             "(e.g. train_tokens=120000000000)")
+        try:
+            tokens = float(tokens)
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid launch.train_tokens={tokens!r}: expected a number of tokens") from None
+        m["train_iters"] = int(math.ceil(tokens / tokens_per_step))
+    train_iters = int(m["train_iters"])
+    vocab = padded_vocab(shape.vocab_size, int(m.get("make_vocab_size_divisible_by", 128)), tp)
+    counted = shape.replace(vocab_size=vocab)
+    params = count_params(counted, nc)
+    active = count_params(counted, nc, active=True)["total"]
+    derived.update(
+        num_microbatches=num_microbatches,
+        tokens_per_step=tokens_per_step,
+        train_iters=train_iters,
+        train_tokens=train_iters * tokens_per_step,
+        padded_vocab_size=vocab,
+        params_total=params["total"],
+        params_active=active,
+        params_breakdown={k: v for k, v in params.items() if k != "total"},
+    )
+    plan = Plan(recipe=recipe, nodes=nodes, megatron=m, norm_config=nc, shape=counted, derived=derived)
+    factor = float(launch.get("activation_memory_factor", 1.0))
+    derived["memory_gib"] = memory_estimate(m, counted, nc, derived["world_size"], num_microbatches, factor)
+    gpu_mem = float(gpu_memory_gb if gpu_memory_gb is not None else launch["gpu_memory_gb"])
+    derived["gpu_memory_gb"] = gpu_mem
+    if launch["device"] == "cuda":
+        check_memory(plan, gpu_mem)
+    flops = 6 * active * derived["train_tokens"]
+    hours = flops / (derived["world_size"] * float(launch["tflops_per_gpu"]) * 1e12) / 3600
+    limit = parse_slurm_time(recipe.slurm["time"])
+    derived["estimated_hours"] = hours
+    chain = launch.get("chain_jobs", "auto")
+    if isinstance(chain, str) and chain.strip().isdigit():
+        chain = int(chain)
+    if chain == "auto":
+        chain = max(1, math.ceil(hours / limit)) if limit > 0 else 1
+    elif not isinstance(chain, int) or chain < 1:
+        raise ValueError(f"invalid launch.chain_jobs={chain!r}; valid: auto or an integer >= 1")
+    derived["chain_jobs"] = int(chain)
+    if int(launch["signal_lead_s"]) >= limit * 3600:
+        raise ValueError(f"launch.signal_lead_s={launch['signal_lead_s']} is not shorter than slurm.time="
+                         f"{recipe.slurm['time']}; valid: < {int(limit * 3600)}")
+    run_dir = os.path.abspath(str(launch["run_dir"]).format(name=recipe.name))
+    derived["run_dir"] = run_dir
+    m.setdefault("save", f"{run_dir}/checkpoints")
+    m.setdefault("load", m["save"])  # resume from our own checkpoints after a requeue
+    m.setdefault("tensorboard_dir", f"{run_dir}/tensorboard")
+    m.setdefault("exit_signal_handler", True)  # SIGTERM → save → exit (the sbatch trap sends it)
+    if launch.get("wandb_project"):
+        m["wandb_project"] = launch["wandb_project"]
+        m["wandb_exp_name"] = launch.get("wandb_exp_name") or recipe.name
+        m.setdefault("wandb_save_dir", f"{run_dir}/wandb")
+    if "megatron_gatednorm.train" in str(launch["entrypoint"]) and not launch.get("megatron_lm_path"):
+        plan.warnings.append("launch.megatron_lm_path is unset: megatron_gatednorm.train imports Megatron-LM's "
+                             "pretrain_gpt.py, which must then be importable on the nodes (container or PYTHONPATH)")
+    if not m.get("mock_data") and not m.get("data_path"):
+        plan.warnings.append("megatron.data_path is unset and mock_data is off: set data_path=<prefix> "
+                             "(required by --submit)")
+    return plan
+
+
+def check_submittable(plan: Plan) -> None:
+    """Checks that only matter when a job is really submitted."""
+    m = plan.megatron
+    if not m.get("mock_data") and not m.get("data_path"):
+        raise ValueError("megatron.data_path=None: required for --submit; valid: data_path=<Megatron data "
+                         "prefix> (or mock_data=true for a throughput test)")

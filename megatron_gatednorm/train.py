@@ -1,0 +1,140 @@
+"""Training entry point: ``python -m megatron_gatednorm.train <Megatron-LM flags>`` (or ``mgn train``).
+
+Wraps ``megatron.training.pretrain`` with
+
+* ``extra_args_provider`` = :func:`megatron_gatednorm.train_args.add_train_args` (the plugin's
+  ``--norm-variant``, ``--gatednorm-*`` … flags), and
+* :func:`model_provider`, which builds a ``GPTModel`` from Megatron's parsed arguments with the
+  plugin's block spec (:func:`megatron_gatednorm.specs.get_gatednorm_block_spec`).
+
+The GPT ``forward_step`` and dataset provider are Megatron-LM's own, imported from
+``pretrain_gpt`` — a Megatron-LM checkout of the matching ``core_v*`` tag must be on
+``PYTHONPATH`` (the recipes' ``launch.megatron_lm_path``). ``megatron.training`` itself ships in
+megatron-core wheels from 0.17 on; with 0.16 it also comes from that checkout.
+
+``pretrain()`` changed shape twice; :func:`main` picks the call by its signature:
+
+* ≤ 0.17: ``pretrain(datasets_provider, model_provider, model_type, forward_step,
+  extra_args_provider=..., args_defaults=...)``;
+* ≥ 0.18: ``parse_and_validate_args(extra_args_provider=...)``, then
+  ``pretrain(cfg_container, datasets_provider, model_type, forward_step, model_provider=...)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import List, Optional
+
+from megatron_gatednorm.launch.ranks import torch_env_from_slurm
+from megatron_gatednorm.train_args import add_train_args
+
+ARGS_DEFAULTS = {"tokenizer_type": "GPT2BPETokenizer"}  # as upstream pretrain_gpt.py
+
+
+def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage: Optional[int] = None,
+                   config=None, pg_collection=None):
+    """A ``GPTModel`` for this pipeline (and virtual pipeline) stage with the plugin's norms.
+
+    Accepts every call shape of Megatron-LM's ``get_model`` (0.16: ``pre_process,
+    post_process, vp_stage``; 0.19: also ``config`` and ``pg_collection``).
+    """
+    import torch
+    from megatron.core.models.gpt import GPTModel
+    from megatron.training import get_args, print_rank_0
+    from megatron.training.arguments import core_transformer_config_from_args
+
+    from megatron_gatednorm.args import norm_config_from_args
+    from megatron_gatednorm.specs import get_gatednorm_block_spec
+
+    args = get_args()
+    nc = norm_config_from_args(args)
+    if config is None:
+        config = core_transformer_config_from_args(args)
+    config.norm_config = nc
+    if getattr(args, "ffn_activation", "swiglu") == "glu":
+        if not config.gated_linear_unit:
+            raise ValueError("invalid --ffn-activation=glu without --swiglu: GLU needs a gated FFN; add --swiglu")
+        config.activation_func = torch.sigmoid
+        config.bias_activation_fusion = False
+    use_te = args.transformer_impl == "transformer_engine"
+    print_rank_0(f"building GPT model with megatron-gatednorm ({nc.variant}, rank {nc.rank}, "
+                 f"placement {','.join(nc.placement)}, {'TE' if use_te else 'local'} layers)")
+    spec = get_gatednorm_block_spec(config, nc, use_transformer_engine=use_te, vp_stage=vp_stage)
+    kwargs = dict(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=args.padded_vocab_size,
+        max_sequence_length=args.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        fp16_lm_cross_entropy=args.fp16_lm_cross_entropy,
+        parallel_output=True,
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        position_embedding_type=args.position_embedding_type,
+        rotary_percent=args.rotary_percent,
+        rotary_base=args.rotary_base,
+        rope_scaling=args.use_rope_scaling,
+    )
+    accepted = inspect.signature(GPTModel.__init__).parameters
+    if "vp_stage" in accepted:
+        kwargs["vp_stage"] = vp_stage
+    if pg_collection is not None and "pg_collection" in accepted:
+        kwargs["pg_collection"] = pg_collection
+    return GPTModel(**kwargs)
+
+
+def _upstream_gpt():
+    """Megatron-LM's ``pretrain_gpt`` module (forward_step, datasets provider)."""
+    try:
+        import pretrain_gpt
+    except ImportError as e:
+        raise ImportError(
+            "megatron_gatednorm.train needs Megatron-LM's pretrain_gpt.py (forward_step, datasets): put a "
+            "Megatron-LM checkout of the core_v* tag matching megatron-core on PYTHONPATH "
+            f"(recipe key launch.megatron_lm_path); import failed: {e}"
+        ) from e
+    return pretrain_gpt
+
+
+def pretrain_call_style(pretrain) -> str:
+    """``"legacy"`` (≤ 0.17, args parsed inside pretrain) or ``"container"`` (≥ 0.18)."""
+    params = inspect.signature(pretrain).parameters
+    return "container" if "cfg_container" in params else "legacy"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0]] + list(argv)
+    torch_env_from_slurm()
+    from megatron.core.enums import ModelType
+    from megatron.training import pretrain
+
+    gpt = _upstream_gpt()
+    datasets_provider = gpt.train_valid_test_datasets_provider
+    datasets_provider.is_distributed = True
+    if pretrain_call_style(pretrain) == "legacy":
+        pretrain(
+            train_valid_test_dataset_provider=datasets_provider,
+            model_provider=model_provider,
+            model_type=ModelType.encoder_or_decoder,
+            forward_step_func=gpt.forward_step,
+            extra_args_provider=add_train_args,
+            args_defaults=ARGS_DEFAULTS,
+        )
+        return 0
+    from megatron.training.argument_utils import pretrain_cfg_container_from_args
+    from megatron.training.arguments import parse_and_validate_args
+
+    args = parse_and_validate_args(extra_args_provider=add_train_args, args_defaults=ARGS_DEFAULTS)
+    cfg = pretrain_cfg_container_from_args(args, None)  # no model config: model_provider builds
+    kwargs = {}
+    if "get_embedding_ranks" in inspect.signature(pretrain).parameters and hasattr(gpt, "get_embedding_ranks"):
+        kwargs["get_embedding_ranks"] = gpt.get_embedding_ranks
+    pretrain(cfg, train_valid_test_dataset_provider=datasets_provider, model_type=ModelType.encoder_or_decoder,
+             forward_step_func=gpt.forward_step, model_provider=model_provider, **kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
