@@ -1,0 +1,33 @@
+"""The plugin core under megatron-core 0.19.2 as well (CI's main environment has 0.16.1):
+norms, specs and the TP/SP/PP/EP/checkpoint equivalences, run in .venv-mcore019."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
+CORE_TESTS = ["tests/test_norms.py", "tests/test_specs.py", "tests/test_config_args.py", "tests/test_parallel.py"]
+
+
+@pytest.mark.distributed
+def test_core_suite_passes_on_megatron_core_0_19():
+    if not VENV_PY.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{VENV_PY} is missing under CI: run .ci/mcore019_venv.sh first")
+        pytest.skip(f"{VENV_PY} is missing: .ci/mcore019_venv.sh creates it")
+    version = subprocess.run(
+        [str(VENV_PY), "-c", "import importlib.metadata as m; print(m.version('megatron-core'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert version.startswith("0.19"), version
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [str(VENV_PY), "-m", "pytest", "-q", "-p", "no:cacheprovider", *CORE_TESTS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    tail = proc.stdout[-3000:]
+    assert proc.returncode == 0, tail + proc.stderr[-2000:]
+    assert " passed" in tail and " failed" not in tail
