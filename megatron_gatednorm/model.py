@@ -117,9 +117,13 @@ def init_distributed(
     context_parallel_size: int = 1,
     seed: int = 1234,
 ) -> None:
-    """Initialise torch.distributed (env:// under torchrun, else a 1-process group) and
-    Megatron's model-parallel state; apply the CPU shim when there is no CUDA."""
+    """Initialise torch.distributed (env:// under torchrun or srun-native Slurm tasks, else a
+    1-process group) and Megatron's model-parallel state; apply the CPU shim without CUDA."""
     import torch.distributed as dist
+
+    from megatron_gatednorm.launch.ranks import torch_env_from_slurm
+
+    torch_env_from_slurm()
 
     if not torch.cuda.is_available():
         from megatron_gatednorm.cpu_shim import apply_cpu_shim

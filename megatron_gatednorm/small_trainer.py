@@ -70,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--moe-router-topk", type=int, default=2)
     g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--attention-dropout", type=float, default=0.0)
+    g.add_argument("--hidden-dropout", type=float, default=0.0)
     g = p.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1, choices=(1,))
+    g.add_argument("--context-parallel-size", type=int, default=1, choices=(1,))
     g.add_argument("--expert-model-parallel-size", type=int, default=1)
     g.add_argument("--sequence-parallel", action="store_true")
     g = p.add_argument_group("training")
@@ -91,10 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--bf16", action="store_true")
     g = p.add_argument_group("data")
-    g.add_argument("--data-path", nargs="+", required=True, help="train .bin/.idx prefix")
+    g.add_argument("--data-path", nargs="+", default=None, help="train .bin/.idx prefix")
     g.add_argument("--valid-data-path", nargs="+", default=None, help="held-out .bin/.idx prefix")
-    g.add_argument("--tokenizer-type", default="HuggingFaceTokenizer", choices=("HuggingFaceTokenizer",))
-    g.add_argument("--tokenizer-model", required=True, help="HF tokenizer folder")
+    g.add_argument("--mock-data", action="store_true", help="Megatron's MockGPTDataset (smoke runs)")
+    g.add_argument("--tokenizer-type", default="HuggingFaceTokenizer", choices=("HuggingFaceTokenizer", "NullTokenizer"))
+    g.add_argument("--tokenizer-model", default=None, help="HF tokenizer folder (HuggingFaceTokenizer)")
+    g.add_argument("--vocab-size", type=int, default=None, help="vocabulary without EOD (NullTokenizer)")
     g.add_argument("--data-cache-path", default=None)
     g = p.add_argument_group("checkpointing and logging")
     g.add_argument("--save", default=None)
@@ -118,30 +123,43 @@ def _pad_vocab(size: int, multiple: int) -> int:
 
 
 class _Tokenizer:
-    """What Megatron's GPTDataset needs of a tokenizer."""
+    """What Megatron's GPTDataset needs of a tokenizer: an HF tokenizer folder, or Megatron's
+    NullTokenizer convention (ids 0..vocab_size-1, EOD = vocab_size) for mock data."""
 
-    def __init__(self, folder):
+    def __init__(self, args):
+        if args.tokenizer_type == "NullTokenizer":
+            if args.vocab_size is None:
+                raise ValueError("--tokenizer-type NullTokenizer needs --vocab-size")
+            self.eod = args.vocab_size
+            self.vocab_size = args.vocab_size + 1
+            self.unique_identifiers = {"class": "NullTokenizer", "vocab_size": args.vocab_size}
+            return
         from megatron_gatednorm.data.tokenizer import TextTokenizer
 
-        self.text = TextTokenizer(folder)
-        self.eod = self.text.eod
-        self.vocab_size = self.text.vocab_size
-        self.unique_identifiers = {"class": "TextTokenizer", "folder": str(Path(folder).resolve())}
+        if args.tokenizer_model is None:
+            raise ValueError("--tokenizer-type HuggingFaceTokenizer needs --tokenizer-model (an HF tokenizer folder)")
+        text = TextTokenizer(args.tokenizer_model)
+        self.eod = text.eod
+        self.vocab_size = text.vocab_size
+        self.unique_identifiers = {"class": "TextTokenizer", "folder": str(Path(args.tokenizer_model).resolve())}
 
 
 def _datasets(args, tokenizer, train_samples: int, valid_samples: int):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
-    valid = (args.valid_data_path, None) if args.valid_data_path else None
+    if args.mock_data == bool(args.data_path):
+        raise ValueError("give exactly one of --data-path and --mock-data")
+    valid = (args.valid_data_path, None) if args.valid_data_path and valid_samples else None
+    blend = dict(blend_per_split=[(args.data_path, None), valid, None]) if args.data_path else dict(split="1,0,0")
     config = GPTDatasetConfig(
-        random_seed=args.seed, sequence_length=args.seq_length,
-        blend_per_split=[(args.data_path, None), valid, None], tokenizer=tokenizer,
+        random_seed=args.seed, sequence_length=args.seq_length, tokenizer=tokenizer,
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
-        path_to_cache=args.data_cache_path, mmap_bin_files=True,
+        path_to_cache=args.data_cache_path, mmap_bin_files=True, **blend,
     )
     sizes = [train_samples, valid_samples if valid else None, None]
-    train, valid_ds, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    cls = MockGPTDataset if args.mock_data else GPTDataset
+    train, valid_ds, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
     return train, valid_ds
 
 
@@ -306,7 +324,10 @@ def train(argv: Optional[List[str]] = None) -> dict:
     log_path = Path(args.save) / "train_log.jsonl" if args.save and rank == 0 else None
     writer = None
     if args.tensorboard_dir and rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ValueError(f"--tensorboard-dir needs the tensorboard package ({e}); pip install tensorboard") from None
 
         writer = SummaryWriter(args.tensorboard_dir)
 
@@ -322,7 +343,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
 
     if ignored:
         log(dict(event="ignored_flags", flags=ignored))
-    tokenizer = _Tokenizer(args.tokenizer_model)
+    tokenizer = _Tokenizer(args)
     args.padded_vocab_size = _pad_vocab(tokenizer.vocab_size, args.make_vocab_size_divisible_by * args.tensor_model_parallel_size)
     args.max_position_embeddings = args.max_position_embeddings or args.seq_length
     shape = arch_from_args(args, where="small-train flags").shape
@@ -332,6 +353,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
         shape, nc, params_dtype=dtype, bf16=args.bf16, sequence_parallel=args.sequence_parallel,
         init_method_std=args.init_method_std, layernorm_epsilon=args.norm_epsilon,
         use_cpu_initialization=device == "cpu", moe_aux_loss_coeff=args.moe_aux_loss_coeff,
+        attention_dropout=args.attention_dropout, hidden_dropout=args.hidden_dropout,
     )
     model = build_gpt_model(shape, config, max_sequence_length=args.seq_length)
     optimizer = torch.optim.AdamW(
@@ -363,7 +385,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
         return (losses.float() * mask).sum() / mask.sum()
 
     def evaluate(iteration):
-        if valid_ds is None:
+        if valid_ds is None or args.eval_iters == 0:
             return
         model.eval()
         total = torch.zeros(1)

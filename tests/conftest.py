@@ -9,6 +9,16 @@ from pathlib import Path
 
 import pytest
 
+# Triton decides interpreted vs compiled when kernels are defined, and any test may be the first
+# to import them: without CUDA, interpret (the CPU tests of the fused kernels need it).
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    pass
+
 WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
 

@@ -99,3 +99,55 @@ def test_signal_saves_requeues_and_resumes(slurm, tmp_path):
     assert f"mgn: resuming from {save} (latest_checkpointed_iteration={saved})" in rerun, rerun
     assert f"fake-megatron: rank 0 resumed from {save} at iteration {saved}" in rerun, rerun
     assert Path(save, "latest_checkpointed_iteration.txt").read_text().strip() == "100000"
+
+
+def _losses(text: str) -> dict:
+    """iteration -> loss from the small trainer's JSON log lines (rank 0)."""
+    import json
+
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('{"event": "train"'):
+            record = json.loads(line)
+            out[record["iteration"]] = record["loss"]
+    return out
+
+
+def test_small_trainer_workload_signal_requeue_resume_matches_uninterrupted(slurm, tmp_path):
+    """The tiny recipe with the small trainer as the workload (same sbatch path, 2 CPU tasks):
+    signalled mid-run it saves, requeues and resumes; its losses equal an uninterrupted run's."""
+    from megatron_gatednorm.launch.argv import megatron_argv
+
+    iters = 12
+    overrides = ["launch.preflight=false", f"megatron.train_iters={iters}", "megatron.save_interval=1000",
+                 "launch.entrypoint=-m megatron_gatednorm.small_trainer"]
+    plan, job, log = _submit(tmp_path, *overrides)
+    sc.wait_for(lambda: '"iteration": 2,' in _read(log), timeout_s=240, what="iteration 2 in the job log")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    info = sc.wait_for(lambda: (lambda i: i if i.get("JobState") == "COMPLETED" else None)(sc.job_info(job)),
+                       timeout_s=400, what=f"job {job} to be requeued and complete")
+    text = _read(log)
+    assert info.get("Restarts") == "1", info
+    assert '"event": "exit_on_signal"' in text and f"mgn: requeueing job {job}" in text, text
+    saved = int(text.split('"event": "exit_on_signal", "iteration": ')[1].split("}")[0])
+    assert 2 <= saved < iters
+    rerun = text.split(f"mgn: job {job} restart 1 ")[1]
+    assert f'"event": "resume", "iteration": {saved}' in rerun, rerun
+    interrupted = _losses(text)
+
+    # The same argv, uninterrupted, outside Slurm (torchrun, 2 processes).
+    argv = [a if a != plan.megatron["save"] else str(tmp_path / "straight") for a in megatron_argv(plan)]
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+           "-m", "megatron_gatednorm.small_trainer", *argv]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    straight = _losses(proc.stdout)
+    assert sorted(straight) == list(range(1, iters + 1))
+    assert interrupted == straight
