@@ -34,6 +34,7 @@ def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogy(report["peak_abs_per_state"], marker="o", label="max |h| (all tokens)")
     ax.semilogy(report["first_token_peak_abs_per_state"], marker="x", label="max |h| (first token)")
+    ax.set_xticks(range(len(report["peak_abs_per_state"])))
     ax.set_xlabel("residual state (0 = embeddings)")
     ax.set_ylabel("|h|")
     ax.set_title(f"{title}: peak activation per layer")
@@ -63,12 +64,14 @@ def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
         im = ax.imshow(mass.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         fig.colorbar(im, ax=ax, label="attention to token 0")
         ax.set_yticks(range(len(layers)), [str(l) for l in layers])
+        ax.set_xticks(range(mass.shape[1]))
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(f"{title}: attention sinks")
         paths.append(_save(plt, fig, out / "attention_sinks.png"))
 
-    params = report.get("norm_params", {})
+    # residual-stream norms only (per-head QK-norms are in the JSON)
+    params = {k: v for k, v in report.get("norm_params", {}).items() if not k.endswith(("q_norm", "k_norm"))}
     if params:
         names = list(params)
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -76,8 +79,9 @@ def write_figures(stats, report: dict, out_dir, title: str) -> List[str]:
         ax.plot([params[n]["weight_max"] for n in names], marker="^", label="λ max")
         if any("pre_scale_max" in params[n] for n in names):
             ax.plot([params[n].get("pre_scale_max", float("nan")) for n in names], marker="s", label="λ1 max")
-        ax.set_xlabel("norm (model order)")
-        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_xticks(range(len(names)))
+        ax.set_xlabel("residual-stream norm (model order: attn, mlp per layer, then final)")
+        ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(f"{title}: norm parameters")
         ax.legend()
         paths.append(_save(plt, fig, out / "norm_params.png"))
