@@ -23,7 +23,8 @@ WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for torchrun's --master-port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -37,7 +38,7 @@ def torchrun(tmp_path):
         out = tmp_path / f"{Path(worker).stem}.json"
         cmd = [
             sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-            f"--master-port={_free_port()}", str(WORKERS / worker), "--out", str(out), *args,
+            f"--master-port={free_port()}", str(WORKERS / worker), "--out", str(out), *args,
         ]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WORKERS), str(REPO), os.environ.get("PYTHONPATH", "")]))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)

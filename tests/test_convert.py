@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -32,11 +33,7 @@ FP32_TIGHT = 1e-5
 
 
 def _torchrun(tmp, *args):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp / f"result-{port}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
            str(WORKERS / "convert_save.py"), "--out", str(out), *args]

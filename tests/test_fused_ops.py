@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 
 os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
+from conftest import free_port  # noqa: E402
 import torch  # noqa: E402
 
 from megatron_gatednorm.config import NormConfig  # noqa: E402
@@ -305,12 +305,6 @@ def test_module_reports_unfused_config(monkeypatch):
         mod(torch.randn(3, 32))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def megatron_world():
     """A 1-process gloo world with Megatron model parallelism 1x1 (minimal local fixture)."""
@@ -325,7 +319,7 @@ def megatron_world():
 
     apply_cpu_shim()
     if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     yield

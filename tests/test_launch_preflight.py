@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CPU = ["--recipe", "tiny", "--nodes", "1", "launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4"]
@@ -42,14 +43,6 @@ def test_parameter_mismatch_fails_naming_the_rank_and_counts():
     assert "built parameter total 101,184 (per rank: 101,184) != expected 100,000 for tiny" in out.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("layout, shards", [
     # EP=2: rank 1 counts only its own experts (expert-data-parallel rank 0, its EP shard).
     (["megatron.num_experts=4", "megatron.moe_ffn_hidden_size=32", "megatron.moe_shared_expert_intermediate_size=32",
@@ -60,7 +53,7 @@ def _free_port() -> int:
 def test_two_rank_shards_sum_to_the_launcher_count(layout, shards):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env.update(PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            "-m", "megatron_gatednorm.cli", "preflight", "--recipe", "tiny", "--nodes", "1", "launch.device=cpu",
            "launch.gpus_per_node=2", *layout]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)

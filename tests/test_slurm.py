@@ -138,12 +138,10 @@ def test_small_trainer_workload_signal_requeue_resume_matches_uninterrupted(slur
     # The same argv, uninterrupted, outside Slurm (torchrun, 2 processes).
     argv = [a if a != plan.megatron["save"] else str(tmp_path / "straight") for a in megatron_argv(plan)]
     import os
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
+    from conftest import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            "-m", "megatron_gatednorm.small_trainer", *argv]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

@@ -10,18 +10,13 @@ import pytest
 
 pytest.importorskip("tokenizers")
 
-from conftest import trainer_argv
+from conftest import free_port, trainer_argv
 
 
 def run_trainer(argv, nproc=1, env=None):
     cmd = [sys.executable, "-m", "megatron_gatednorm.small_trainer", *argv]
     if nproc > 1:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={port}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
                "-m", "megatron_gatednorm.small_trainer", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(env or {})), timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
