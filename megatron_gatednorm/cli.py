@@ -1,6 +1,7 @@
-"""``mgn``: the plugin's command line. Each subcommand lives in ``megatron_gatednorm.commands``
-and imports its heavy dependencies (torch, Megatron) only when it runs, so ``mgn launch``
-works on a login node without them."""
+"""mgn: the megatron-gatednorm command line.
+
+Each subcommand lives in ``megatron_gatednorm.commands`` and imports its heavy dependencies
+(torch, Megatron) only when it runs, so ``mgn launch`` works on a login node without them."""
 
 from __future__ import annotations
 
