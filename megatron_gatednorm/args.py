@@ -9,7 +9,7 @@ nor Megatron.
 from __future__ import annotations
 
 import argparse
-from typing import List, Tuple
+from typing import Any, Callable, List, Mapping, Tuple
 
 from megatron_gatednorm.config import (
     DEFAULTS,
@@ -39,8 +39,7 @@ FLAGS: List[Tuple[str, str, dict]] = [
 
 
 def _default(field: str):
-    value = getattr(DEFAULTS, field)
-    return ",".join(value) if isinstance(value, tuple) else value
+    return _flag_value(getattr(DEFAULTS, field))
 
 
 def add_gatednorm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -48,12 +47,31 @@ def add_gatednorm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group = parser.add_argument_group(title="gatednorm", description="megatron-gatednorm plugin")
     for flag, field, kwargs in FLAGS:
         default = _default(field)
-        group.add_argument(flag, dest=_dest(flag), default=default, **kwargs)
+        group.add_argument(flag, dest=dest(flag), default=default, **kwargs)
     return parser
 
 
-def _dest(flag: str) -> str:
+def dest(flag: str) -> str:
+    """argparse's ``dest`` of a flag (``--gatednorm-rank`` → ``gatednorm_rank``)."""
     return flag.lstrip("-").replace("-", "_")
+
+
+def norm_config_from_values(values: Mapping[str, Any], name: Callable[[str], str] = lambda flag: flag) -> NormConfig:
+    """The plugin config of flag values keyed by ``dest`` (absent or None: the default).
+
+    Raises:
+        ValueError: ``invalid <name(flag)>=<value>: <valid choices>``.
+    """
+    fields = {}
+    for flag, field, _ in FLAGS:
+        value = values.get(dest(flag))
+        if value is not None:
+            fields[field] = value
+    try:
+        return NormConfig(**fields)
+    except NormConfigError as e:
+        flag = next(f for f, field, _ in FLAGS if field == e.field)
+        raise ValueError(f"invalid {name(flag)}={e.value!r}: {e.reason}") from None
 
 
 def norm_config_from_args(args: argparse.Namespace) -> NormConfig:
@@ -62,16 +80,16 @@ def norm_config_from_args(args: argparse.Namespace) -> NormConfig:
     Raises:
         ValueError: naming the bad flag value and the valid choices.
     """
-    values = {}
-    for flag, field, _ in FLAGS:
-        value = getattr(args, _dest(flag), None)
-        if value is not None:
-            values[field] = value
-    try:
-        return NormConfig(**values)
-    except NormConfigError as e:
-        flag = next(f for f, field, _ in FLAGS if field == e.field)
-        raise ValueError(f"invalid {flag}={e.value!r}: {e.reason}") from None
+    return norm_config_from_values(vars(args))
+
+
+def norm_config_dests(nc: NormConfig) -> dict:
+    """``{dest: value}`` of every plugin flag for ``nc`` (lists as comma-separated strings)."""
+    return {dest(flag): _flag_value(getattr(nc, field)) for flag, field, _ in FLAGS}
+
+
+def _flag_value(value):
+    return ",".join(value) if isinstance(value, tuple) else value
 
 
 def norm_config_to_argv(nc: NormConfig) -> List[str]:
@@ -80,5 +98,5 @@ def norm_config_to_argv(nc: NormConfig) -> List[str]:
     for flag, field, _ in FLAGS:
         value, default = getattr(nc, field), getattr(DEFAULTS, field)
         if value != default:
-            argv += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+            argv += [flag, str(_flag_value(value))]
     return argv

@@ -96,6 +96,13 @@ class ModelShape:
         return cls(**values)
 
 
+def padded_vocab(vocab: int, divisible_by: int = 128, tensor_parallel: int = 1) -> int:
+    """Megatron-LM's embedding rows: the vocabulary rounded up to a multiple of
+    ``--make-vocab-size-divisible-by`` × tensor-parallel size."""
+    multiple = divisible_by * tensor_parallel
+    return -(-vocab // multiple) * multiple
+
+
 def norm_params(hidden: int, nc: Optional[NormConfig], variant: Optional[str] = None) -> int:
     """Parameters of one residual-stream norm of width ``hidden``."""
     variant = variant or (nc.variant if nc else "rmsnorm")

@@ -118,10 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pad_vocab(size: int, multiple: int) -> int:
-    return int(math.ceil(size / multiple) * multiple)
-
-
 class _Tokenizer:
     """What Megatron's GPTDataset needs of a tokenizer: an HF tokenizer folder, or Megatron's
     NullTokenizer convention (ids 0..vocab_size-1, EOD = vocab_size) for mock data."""
@@ -307,6 +303,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
     from megatron_gatednorm.args import norm_config_from_args
     from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
     from megatron_gatednorm.convert.megatron_io import arch_from_args
+    from megatron_gatednorm.parity import padded_vocab
 
     args = build_parser().parse_args(argv)
     ignored = [n for n in _IGNORED if getattr(args, n) is not None]
@@ -344,7 +341,8 @@ def train(argv: Optional[List[str]] = None) -> dict:
     if ignored:
         log(dict(event="ignored_flags", flags=ignored))
     tokenizer = _Tokenizer(args)
-    args.padded_vocab_size = _pad_vocab(tokenizer.vocab_size, args.make_vocab_size_divisible_by * args.tensor_model_parallel_size)
+    args.padded_vocab_size = padded_vocab(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                                          args.tensor_model_parallel_size)
     args.max_position_embeddings = args.max_position_embeddings or args.seq_length
     shape = arch_from_args(args, where="small-train flags").shape
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Tuple
 
-from megatron_gatednorm.args import FLAGS, add_gatednorm_args
+from megatron_gatednorm.args import FLAGS, add_gatednorm_args, dest
 
 # (flag, argparse kwargs). Defaults are the Megatron behaviour, so omitting a flag changes nothing.
 TRAIN_FLAGS: List[Tuple[str, dict]] = [
@@ -17,10 +17,6 @@ TRAIN_FLAGS: List[Tuple[str, dict]] = [
         help="Gated FFN nonlinearity with --swiglu: 'swiglu' (SiLU, Megatron's) or 'glu' "
              "(sigmoid; the paper's Table 1 GLU ablation).")),
 ]
-
-
-def dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
 
 
 def plugin_flag_dests() -> List[str]:

@@ -79,6 +79,7 @@ def _row(name, train, outliers, quant):
 
 def run(args) -> int:
     from megatron_gatednorm.cli import main as mgn
+    from megatron_gatednorm.parity import padded_vocab
     from megatron_gatednorm.small_trainer import train
 
     size = SIZES[args.size]
@@ -97,10 +98,10 @@ def run(args) -> int:
         if mgn(argv) != 0:
             raise RuntimeError("mgn data failed")
     results = {}
-    padded_vocab = -(-json.loads((data / "data.json").read_text())["vocab_size"] // 128) * 128
+    padded = padded_vocab(json.loads((data / "data.json").read_text())["vocab_size"])
     for name in names:
         run_dir = out / "runs" / name
-        ffn = _parity_ffn(size, padded_vocab, VARIANTS[name])
+        ffn = _parity_ffn(size, padded, VARIANTS[name])
         summary = train(_trainer_argv(size, data, run_dir, args.seed, ffn) + VARIANTS[name])
         report_dir = out / "reports" / name
         common = ["--data", str(data / "heldout_text_document"), "--seq-length", str(size[5]),

@@ -33,7 +33,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
-from megatron_gatednorm.args import FLAGS, _dest, norm_config_from_args
+from megatron_gatednorm.args import norm_config_dests, norm_config_from_args
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.parity import ModelShape
 
@@ -120,9 +120,7 @@ def megatron_args(
         bf16=arch.dtype == torch.bfloat16,
         fp16=arch.dtype == torch.float16,
     )
-    for flag, field, _ in FLAGS:
-        value = getattr(nc, field)
-        ns[_dest(flag)] = ",".join(value) if isinstance(value, tuple) else value
+    ns.update(norm_config_dests(nc))
     ns.update(extra)
     return argparse.Namespace(**ns)
 

@@ -32,10 +32,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from megatron_gatednorm.args import FLAGS
+from megatron_gatednorm.args import dest, norm_config_from_values
 from megatron_gatednorm.config import NormConfig, NormConfigError
 from megatron_gatednorm.launch.recipes import Recipe, select_layout  # noqa: F401
-from megatron_gatednorm.parity import ModelShape, count_params, parity_ffn
+from megatron_gatednorm.parity import ModelShape, count_params, padded_vocab, parity_ffn
 
 GiB = 1024 ** 3
 PARALLEL_KEYS = (
@@ -112,21 +112,7 @@ def shape_from_megatron(m: Dict[str, Any], vocab_size: Optional[int] = None) -> 
 
 def norm_config_from_recipe(recipe: Recipe) -> NormConfig:
     """The plugin config of the recipe's ``gatednorm:`` section (NormConfig defaults elsewhere)."""
-    values = {}
-    for flag, field_name, _ in FLAGS:
-        key = flag.lstrip("-").replace("-", "_")
-        if recipe.gatednorm.get(key) is not None:
-            values[field_name] = recipe.gatednorm[key]
-    try:
-        return NormConfig(**values)
-    except NormConfigError as e:
-        key = next(f for f, fld, _ in FLAGS if fld == e.field).lstrip("-").replace("-", "_")
-        raise ValueError(f"invalid gatednorm.{key}={e.value!r}: {e.reason}") from None
-
-
-def padded_vocab(vocab: int, divisible_by: int, tp: int) -> int:
-    multiple = divisible_by * tp
-    return int(math.ceil(vocab / multiple) * multiple)
+    return norm_config_from_values(recipe.gatednorm, name=lambda flag: f"gatednorm.{dest(flag)}")
 
 
 def parse_slurm_time(value: str) -> float:
