@@ -16,12 +16,17 @@ What it patches (megatron-core 0.16.1 and 0.19.x):
 * a process-wide ``TorchFunctionMode`` that rewrites a CUDA ``device=`` keyword to CPU;
 * MoE: split sizes become numpy arrays as they would on GPU; ``te_general_gemm = None``
   on 0.16.1 where it is otherwise undefined without Transformer Engine.
+
+:func:`cuda_calls_on_cpu` is the narrow, temporary form for tools that only save a checkpoint
+(``mgn convert to-megatron``): ``torch.cuda.synchronize``/``current_device`` redirected for the
+duration of a ``with`` block, then restored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -104,6 +109,23 @@ def _patch_megatron():
         return original(tensor, as_numpy=as_numpy, record_stream=record_stream)
 
     token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
+
+
+@contextlib.contextmanager
+def cuda_calls_on_cpu() -> Iterator[None]:
+    """``dist_checkpointing.save`` calls ``torch.cuda.synchronize()`` and
+    ``torch.cuda.current_device()``; without CUDA make them a no-op and ``"cpu"`` inside the
+    block only. A no-op where CUDA exists."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.synchronize, torch.cuda.current_device
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.current_device = lambda: "cpu"
+    try:
+        yield
+    finally:
+        torch.cuda.synchronize, torch.cuda.current_device = original
 
 
 def apply_cpu_shim() -> bool:

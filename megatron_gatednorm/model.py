@@ -151,3 +151,26 @@ def init_distributed(
     )
     model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
+
+
+def finalize_grads(model, config) -> None:
+    """Gradient finalisation without Megatron's DDP (which needs CUDA buffers): Megatron's own
+    all-reduce of sequence-parallel / QK-norm gradients over the tensor-parallel group, then the
+    data-parallel average (dense parameters over DP, expert parameters over expert-DP)."""
+    import torch.distributed as dist
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.distributed.finalize_model_grads import _allreduce_non_tensor_model_parallel_grads
+
+    model.ddp_config = DistributedDataParallelConfig()  # read by the function
+    _allreduce_non_tensor_model_parallel_grads([model], config)
+    groups = {
+        True: parallel_state.get_data_parallel_group(),
+        False: parallel_state.get_expert_data_parallel_group(),
+    }
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        group = groups[getattr(p, "allreduce", True)]
+        if dist.get_world_size(group) > 1:
+            dist.all_reduce(p.grad, group=group)
+            p.grad /= dist.get_world_size(group)

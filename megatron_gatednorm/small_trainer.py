@@ -178,28 +178,6 @@ def _param_groups(model, weight_decay: float):
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
-def _finalize_grads(model, config) -> None:
-    """Megatron's TP/SP all-reduce of norm grads, then the data-parallel gradient average."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import _allreduce_non_tensor_model_parallel_grads
-
-    model.ddp_config = DistributedDataParallelConfig()
-    _allreduce_non_tensor_model_parallel_grads([model], config)
-    groups = {
-        True: parallel_state.get_data_parallel_group(),
-        False: parallel_state.get_expert_data_parallel_group(),
-    }
-    for p in model.parameters():
-        if p.grad is None:
-            continue
-        group = groups[getattr(p, "allreduce", True)]
-        if dist.get_world_size(group) > 1:
-            dist.all_reduce(p.grad, group=group)
-            p.grad /= dist.get_world_size(group)
-
-
 def _clip_grad_norm(model, max_norm: float) -> float:
     """Global grad norm over the model-parallel group (TP duplicates counted once), clipped."""
     import torch
@@ -301,7 +279,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
 
     from megatron_gatednorm.analysis.peak_monitor import PeakActivationMonitor
     from megatron_gatednorm.args import norm_config_from_args
-    from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+    from megatron_gatednorm.model import build_gpt_model, finalize_grads, init_distributed, transformer_config
     from megatron_gatednorm.convert.megatron_io import arch_from_args
     from megatron_gatednorm.parity import padded_vocab
 
@@ -417,7 +395,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
             loss = micro_loss(train_ds, first)
             (loss / n_micro).backward()
             total += loss.detach().float().cpu()
-        _finalize_grads(model, config)
+        finalize_grads(model, config)
         grad_norm = _clip_grad_norm(model, args.clip_grad)
         optimizer.step()
         iteration += 1

@@ -34,10 +34,10 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 
 from megatron_gatednorm.args import norm_config_dests, norm_config_from_args
-from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.parity import ModelShape
-
 from megatron_gatednorm.checkpoint import CHECKPOINT_VERSION, TRACKER, iteration_path
+from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.cpu_shim import cuda_calls_on_cpu
+from megatron_gatednorm.parity import ModelShape
 
 Tensors = Dict[str, torch.Tensor]
 
@@ -376,23 +376,6 @@ def _process_group() -> Iterator[None]:
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _cpu_synchronize() -> Iterator[None]:
-    """dist_checkpointing.save calls torch.cuda.synchronize() and torch.cuda.current_device();
-    without CUDA make them a no-op and "cpu", only for the duration of the save (unlike the
-    process-wide cpu_shim that training on CPU uses)."""
-    if torch.cuda.is_available():
-        yield
-        return
-    original = torch.cuda.synchronize, torch.cuda.current_device
-    torch.cuda.synchronize = lambda *a, **k: None
-    torch.cuda.current_device = lambda: "cpu"
-    try:
-        yield
-    finally:
-        torch.cuda.synchronize, torch.cuda.current_device = original
-
-
 def _common_state(args, iteration: int) -> dict:
     return dict(args=args, iteration=iteration, checkpoint_version=CHECKPOINT_VERSION)
 
@@ -410,7 +393,7 @@ def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, 
         for key, t in sorted(tensors.items())
     }
     model.update(_linear_extra_states(tensors))
-    with _process_group(), _cpu_synchronize():
+    with _process_group(), cuda_calls_on_cpu():
         dist_checkpointing.save(dict(model=model, **_common_state(args, iteration)), str(iter_dir))
     (Path(out_dir) / TRACKER).write_text(str(iteration))
 

@@ -64,15 +64,10 @@ def full_logits(model, toks):
 
 
 def finalize_grads(model, config):
-    """Megatron's gradient finalisation (all-reduce of sequence-parallel / QK-norm grads over
-    the tensor-parallel group), as the training loop runs it after backward."""
-    from megatron.core.distributed import DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import (
-        _allreduce_non_tensor_model_parallel_grads,
-    )
+    """The plugin's training-loop gradient finalisation (TP/SP norm all-reduce, DP average)."""
+    from megatron_gatednorm.model import finalize_grads as finalize
 
-    model.ddp_config = DistributedDataParallelConfig()  # read by the function; no DDP on CPU
-    _allreduce_non_tensor_model_parallel_grads([model], config)
+    finalize(model, config)
 
 
 def norm_grads(model):
