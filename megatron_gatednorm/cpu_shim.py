@@ -15,7 +15,11 @@ What it patches (megatron-core 0.16.1 and 0.19.x):
   ``Tensor.cuda`` → identity; ``Tensor.record_stream`` → no-op; dummy streams/events;
 * a process-wide ``TorchFunctionMode`` that rewrites a CUDA ``device=`` keyword to CPU;
 * MoE: split sizes become numpy arrays as they would on GPU; ``te_general_gemm = None``
-  on 0.16.1 where it is otherwise undefined without Transformer Engine.
+  on 0.16.1 where it is otherwise undefined without Transformer Engine;
+* Gated DeltaNet (0.16.1, only where ``fla`` is not importable): fla's Triton kernels
+  (``chunk_gated_delta_rule``, ``l2norm``) are GPU-only, so they become megatron-core's own
+  torch reference ``torch_chunk_gated_delta_rule`` (what ``deterministic_mode`` runs) and
+  ``x / sqrt(sum(x²) + 1e-6)`` (fla's l2norm); the depthwise conv already falls back to torch.
 
 :func:`cuda_calls_on_cpu` is the narrow, temporary form for tools that only save a checkpoint
 (``mgn convert to-megatron``): ``torch.cuda.synchronize``/``current_device`` redirected for the
@@ -109,6 +113,24 @@ def _patch_megatron():
         return original(tensor, as_numpy=as_numpy, record_stream=record_stream)
 
     token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
+    _patch_gated_delta_net()
+
+
+def _l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(dim=dim, keepdim=True) + eps)
+
+
+def _patch_gated_delta_net() -> None:
+    try:
+        from megatron.core.ssm import gated_delta_net as gdn
+    except ImportError:
+        return
+    # 0.16.x layout only; newer releases keep the module's own fla requirement (clear ImportError)
+    if getattr(gdn, "HAVE_FLA", True) or not hasattr(gdn, "torch_chunk_gated_delta_rule"):
+        return
+    gdn.l2norm = _l2norm
+    gdn.chunk_gated_delta_rule = gdn.torch_chunk_gated_delta_rule
+    gdn.HAVE_FLA = True
 
 
 @contextlib.contextmanager

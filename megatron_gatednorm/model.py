@@ -90,6 +90,8 @@ def build_gpt_model(
     use_transformer_engine: bool = False,
     max_sequence_length: Optional[int] = None,
     vp_stage: Optional[int] = None,
+    rotary_percent: float = 1.0,
+    rotary_base: int = 10000,
 ) -> GPTModel:
     """This pipeline stage's GPTModel with the plugin's block spec (``config.norm_config``)."""
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
@@ -103,6 +105,8 @@ def build_gpt_model(
         vocab_size=shape.vocab_size,
         max_sequence_length=max_sequence_length or shape.max_position_embeddings,
         position_embedding_type=shape.position_embedding_type,
+        rotary_percent=rotary_percent,
+        rotary_base=rotary_base,
         share_embeddings_and_output_weights=not shape.untie_embeddings_and_output_weights,
         pre_process=pre,
         post_process=post,

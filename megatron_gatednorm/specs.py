@@ -19,8 +19,10 @@ backend (Megatron's torch fallback norm refuses sequence parallelism).
 
 Hybrid models (the paper's MoE layout): with ``experimental_attention_variant=
 "gated_delta_net"`` and ``linear_attention_freq=N`` every N-th layer keeps softmax attention
-and the others use Gated DeltaNet; its internal output norm is left untouched. Running it
-needs the ``fla`` package (flash-linear-attention) at model construction.
+and the others use Gated DeltaNet; its internal output norm is left untouched. Its unreplaced
+input norm is checkpointed as ``self_attention.in_proj.layer_norm_weight`` in both backends.
+Running it needs the ``fla`` package (flash-linear-attention) at model construction (on CPU
+the CPU shim substitutes megatron-core's torch reference of fla's kernels).
 
 Gated attention (the paper's baseline) is Megatron's ``attention_output_gate=True``; it
 composes with every spec here.
@@ -178,7 +180,8 @@ def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool =
     if gated_delta_net:
         sub.self_attention = _gated_delta_net_attention(use_te, input_fused=not _replaces(nc, "attn"))
         sub.input_layernorm = IdentityOp if use_te else plain
-        keys.pop("input_layernorm.", None)  # Gated DeltaNet has no linear_qkv to alias it to
+        # checkpoint the local norm where TE's fused in_proj keeps it (as upstream does for linear_qkv)
+        keys["input_layernorm."] = "self_attention.in_proj.layer_norm_"
     attn = spec_submodules(sub.self_attention)
     if _replaces(nc, "attn"):
         sub.input_layernorm = norm_module_spec(nc)

@@ -4,10 +4,13 @@ Target classes (transformers >= 5.24, see pyproject's ``hf`` extra):
 
 * RMSNorm baselines that stock transformers can express go to stock classes (no remote code):
   dense with QK-norm → ``Qwen3ForCausalLM``, dense without → ``LlamaForCausalLM``, MoE with
-  QK-norm and no shared expert → ``Qwen3MoeForCausalLM``;
+  QK-norm and no shared expert → ``Qwen3MoeForCausalLM``; hybrid Gated DeltaNet models with
+  Qwen3-Next's choices (zero-centred gamma, QK-norm, attention output gate, gated shared expert
+  in MoE layers) → ``Qwen3NextForCausalLM``;
 * everything else (GatedNorm / PreAffine / DyT variants, attention output gate, zero-centred
-  gamma, partial RoPE, residual clip, shared experts, MoE without QK-norm) → the exported
-  ``GatedNormForCausalLM`` (``model_type="gatednorm"``) with its code copied into the folder.
+  gamma, partial RoPE, residual clip, shared experts, MoE without QK-norm, hybrids that are not
+  Qwen3-Next) → the exported ``GatedNormForCausalLM`` (``model_type="gatednorm"``) with its code
+  copied into the folder.
 """
 
 from __future__ import annotations
@@ -26,17 +29,39 @@ from megatron_gatednorm.parity import ModelShape
 
 HF_CODE_DIR = Path(__file__).resolve().parent.parent / "hf"
 HF_CODE_FILES = ("configuration_gatednorm.py", "modeling_gatednorm.py")
-SUPPORTED_MODEL_TYPES = ("qwen3", "llama", "qwen3_moe", "gatednorm")
+SUPPORTED_MODEL_TYPES = ("qwen3", "llama", "qwen3_moe", "qwen3_next", "gatednorm")
+_CLASS_OF_MODEL_TYPE = {
+    "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+    "qwen3_next": "Qwen3NextForCausalLM", "gatednorm": "GatedNormForCausalLM",
+}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_class_of(cfg: dict) -> str:
+    """The HF class name of a config.json dict of a supported architecture."""
+    return _CLASS_OF_MODEL_TYPE[cfg["model_type"]]
+
+
+def _is_hybrid(shape: ModelShape) -> bool:
+    return any(shape.linear_attention_pattern())
+
+
+def _layer_types(shape: ModelShape) -> list:
+    return ["linear_attention" if x else "full_attention" for x in shape.linear_attention_pattern()]
 
 
 def stock_class(arch: Arch) -> Optional[str]:
     """The stock transformers class that computes exactly this model, or None."""
     s, nc = arch.shape, arch.norm_config
-    if (
-        nc.variant != "rmsnorm" or nc.residual_clip is not None or s.attention_output_gate
-        or arch.zero_centered_gamma or arch.rotary_percent != 1.0
-    ):
+    if nc.variant != "rmsnorm" or nc.residual_clip is not None:
+        return None
+    if _is_hybrid(s):
+        qwen3_next = (
+            arch.zero_centered_gamma and s.qk_layernorm and s.attention_output_gate
+            and (not s.num_experts or (bool(s.moe_shared_expert_intermediate_size) and s.moe_shared_expert_gate))
+        )
+        return "Qwen3NextForCausalLM" if qwen3_next else None
+    if s.attention_output_gate or arch.zero_centered_gamma or arch.rotary_percent != 1.0:
         return None
     if not s.num_experts:
         return "Qwen3ForCausalLM" if s.qk_layernorm else "LlamaForCausalLM"
@@ -71,6 +96,13 @@ def hf_config(arch: Arch, dtype: torch.dtype, force_gatednorm: bool = False):
         moe_intermediate_size=s.moe_ffn_hidden_size or s.ffn_hidden_size,
         norm_topk_prob=not arch.moe_router_pre_softmax,
     )
+    linear = dict(
+        linear_conv_kernel_dim=s.linear_conv_kernel_dim,
+        linear_key_head_dim=s.linear_key_head_dim,
+        linear_value_head_dim=s.linear_value_head_dim,
+        linear_num_key_heads=s.linear_num_key_heads,
+        linear_num_value_heads=s.linear_num_value_heads,
+    )
     name = None if force_gatednorm else stock_class(arch)
     rope = {"rope_type": "default", "rope_theta": arch.rotary_base}
     if name == "Qwen3ForCausalLM":
@@ -88,6 +120,17 @@ def hf_config(arch: Arch, dtype: torch.dtype, force_gatednorm: bool = False):
         config = Qwen3MoeConfig(
             **common, **moe, rope_parameters=rope, attention_bias=False, decoder_sparse_step=1,
             mlp_only_layers=[i for i, m in enumerate(pattern) if not m],
+        )
+    elif name == "Qwen3NextForCausalLM":
+        from transformers import Qwen3NextConfig
+
+        pattern = s.moe_pattern()
+        config = Qwen3NextConfig(
+            **common, **moe, **linear, attention_bias=False, decoder_sparse_step=1,
+            rope_parameters=dict(rope, partial_rotary_factor=arch.rotary_percent),
+            mlp_only_layers=[i for i, m in enumerate(pattern) if not m] if s.num_experts else [],
+            shared_expert_intermediate_size=s.moe_shared_expert_intermediate_size or 0,
+            layer_types=_layer_types(s),
         )
     else:
         from megatron_gatednorm.hf.configuration_gatednorm import GatedNormConfig
@@ -109,6 +152,8 @@ def hf_config(arch: Arch, dtype: torch.dtype, force_gatednorm: bool = False):
             gate_granularity=nc.granularity,
             zero_centered_gamma=arch.zero_centered_gamma,
             residual_clip=nc.residual_clip,
+            layer_types=_layer_types(s) if _is_hybrid(s) else None,
+            **(linear if _is_hybrid(s) else {}),
         )
         config.auto_map = {
             "AutoConfig": "configuration_gatednorm.GatedNormConfig",
@@ -144,13 +189,17 @@ def arch_from_hf_config(cfg: dict, where: str = "config.json") -> Arch:
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise CheckpointError(f"{where}: unsupported RoPE scaling {rope!r}; expected rope_type 'default'")
     rotary_base = float(rope.get("rope_theta", cfg.get("rope_theta", cfg.get("rotary_base", 10000.0))))
+    next_ = model_type == "qwen3_next"
+    rotary_percent = float(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.25))) if next_ \
+        else float(cfg.get("rotary_percent", 1.0))
     heads = cfg["num_attention_heads"]
     try:
         experts = cfg.get("num_experts") or cfg.get("num_local_experts") or None
         layers = cfg["num_hidden_layers"]
+        linear = _linear_attention_pattern(cfg, layers, where)
         pattern = None
         if experts:
-            if model_type == "qwen3_moe":
+            if model_type in ("qwen3_moe", "qwen3_next"):
                 step = cfg.get("decoder_sparse_step", 1) or 1
                 dense = set(cfg.get("mlp_only_layers") or [])
                 pattern = [int(i not in dense and (i + 1) % step == 0) for i in range(layers)]
@@ -165,15 +214,16 @@ def arch_from_hf_config(cfg: dict, where: str = "config.json") -> Arch:
             ffn_hidden_size=cfg["intermediate_size"],
             vocab_size=cfg["vocab_size"],
             untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings", True),
-            qk_layernorm=model_type in ("qwen3", "qwen3_moe") or bool(cfg.get("qk_norm")),
-            attention_output_gate=bool(cfg.get("attention_output_gate", False)),
+            qk_layernorm=model_type in ("qwen3", "qwen3_moe", "qwen3_next") or bool(cfg.get("qk_norm")),
+            attention_output_gate=next_ or bool(cfg.get("attention_output_gate", False)),
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             num_experts=experts,
             moe_ffn_hidden_size=cfg.get("moe_intermediate_size") if experts else None,
             moe_router_topk=cfg.get("num_experts_per_tok", 2),
             moe_layer_freq=(1 if all(pattern) else pattern) if experts else 1,
             moe_shared_expert_intermediate_size=cfg.get("shared_expert_intermediate_size") or None,
-            moe_shared_expert_gate=bool(cfg.get("shared_expert_gate", False)),
+            moe_shared_expert_gate=bool(experts and next_) or bool(cfg.get("shared_expert_gate", False)),
+            **_linear_attention_fields(cfg, linear),
         )
         nc = NormConfig(
             variant=cfg.get("norm_variant", "rmsnorm"),
@@ -190,9 +240,43 @@ def arch_from_hf_config(cfg: dict, where: str = "config.json") -> Arch:
     dtype = _DTYPES.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32"), torch.float32)
     return Arch(
         shape=shape, norm_config=nc, norm_epsilon=float(cfg.get("rms_norm_eps", 1e-5)),
-        zero_centered_gamma=bool(cfg.get("zero_centered_gamma", False)),
-        rotary_base=rotary_base, rotary_percent=float(cfg.get("rotary_percent", 1.0)),
+        zero_centered_gamma=next_ or bool(cfg.get("zero_centered_gamma", False)),
+        rotary_base=rotary_base, rotary_percent=rotary_percent,
         moe_router_pre_softmax=experts is not None and not cfg.get("norm_topk_prob", False), dtype=dtype,
+    )
+
+
+def _linear_attention_pattern(cfg: dict, layers: int, where: str) -> Optional[list]:
+    """1 per Gated DeltaNet layer, 0 per softmax-attention layer; None if not hybrid."""
+    types = cfg.get("layer_types")
+    if types is None and cfg.get("model_type") == "qwen3_next":
+        interval = cfg.get("full_attention_interval", 4)
+        return [int((i + 1) % interval != 0) for i in range(layers)]
+    if types is None:
+        return None
+    bad = sorted(set(types) - {"linear_attention", "full_attention"})
+    if bad or len(types) != layers:
+        raise CheckpointError(
+            f"{where}: unsupported layer_types {bad or types}; expected {layers} entries of "
+            "'linear_attention' / 'full_attention'"
+        )
+    pattern = [int(t == "linear_attention") for t in types]
+    return pattern if any(pattern) else None
+
+
+def _linear_attention_fields(cfg: dict, pattern: Optional[list]) -> dict:
+    """ModelShape's hybrid fields (Megatron's ``linear_attention_freq``: N if every N-th layer
+    is softmax attention, else the per-layer list)."""
+    if pattern is None:
+        return {}
+    n = len(pattern)
+    freq = next((k for k in range(1, n + 1) if pattern == [int((i + 1) % k != 0) for i in range(n)]), None)
+    names = ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+             "linear_num_key_heads", "linear_num_value_heads")
+    return dict(
+        experimental_attention_variant="gated_delta_net",
+        linear_attention_freq=freq if freq is not None else list(pattern),
+        **{k: cfg[k] for k in names if cfg.get(k) is not None},
     )
 
 
@@ -311,7 +395,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def expected_parameters(config, name: str) -> Optional[Dict[str, Tuple[int, ...]]]:
     """Parameter names/shapes of the HF model (built on the meta device), or None for classes
     whose in-memory names differ from the checkpoint's (transformers-5 fused MoE experts)."""
-    if name == "Qwen3MoeForCausalLM":
+    if name == "Qwen3MoeForCausalLM" or (name == "Qwen3NextForCausalLM" and config.num_experts):
         return None
     if name == "GatedNormForCausalLM":
         from megatron_gatednorm.hf.modeling_gatednorm import GatedNormForCausalLM as cls

@@ -19,8 +19,17 @@ Layouts:
   linear (``linear_qkv.layer_norm_weight``, dense ``linear_fc1.layer_norm_weight``), a
   replaced one under its own slot name; ``when`` picks the right one for HF → Megatron.
 * Tied embeddings: Megatron stores no ``output_layer.weight``; HF omits ``lm_head.weight``.
+* ``gdn_in``: Gated DeltaNet's ``in_proj.weight`` is ``[q | k | v | z | beta | alpha]`` over all
+  heads (Megatron's TP=1 layout; :mod:`megatron_io` joins the checkpoint's six parts); Qwen3-Next
+  groups rows per key head ``g``: ``in_proj_qkvz`` = per g ``[q_g | k_g | v_g· | z_g·]`` and
+  ``in_proj_ba`` = per g ``[beta_g· | alpha_g·]``, where ``·`` are the ``nv/nk`` value heads of g.
+  ``conv1d.weight`` is ``[q | k | v]`` channels in both.
+* ``gdn_norm``: stock Qwen3-Next's gated output norm multiplies by its plain ``weight``, while
+  Megatron's (and the exported architecture's) honour ``zero_centered_gamma`` (``1 + weight``);
+  for a stock target with zero-centred gamma the weight is shifted by one. ``1 + w`` rounds, so
+  that one tensor is exact to an ulp, not bit-identical, after a round trip.
 
-Every transform is a split or a concatenation, so HF → Megatron → HF is byte-identical.
+Every other transform is a split or a concatenation, so HF → Megatron → HF is byte-identical.
 """
 
 from __future__ import annotations
@@ -34,14 +43,16 @@ import torch
 from megatron_gatednorm.convert.megatron_io import Arch, CheckpointError, Tensors
 
 NORM_PARAMS = ("weight", "pre_scale", "gate_down", "gate_up", "alpha", "bias")
+STOCK_HYBRID_CLASS = "Qwen3NextForCausalLM"
 
 
 @dataclass(frozen=True)
 class Rule:
     megatron: str
     hf: Tuple[str, ...]
-    layout: str = "copy"  # copy | qkv | fc1
-    when: Optional[str] = None  # HF → Megatron only: attn_fused | attn_slot | mlp_fused | mlp_slot
+    layout: str = "copy"  # copy | qkv | fc1 | gdn_in | gdn_norm
+    # HF → Megatron only: attn_fused | gdn_fused | attn_slot | mlp_fused | mlp_slot
+    when: Optional[str] = None
 
 
 _L = "decoder.layers.{i}."
@@ -57,6 +68,15 @@ RULES: Tuple[Rule, ...] = (
          (_H + "self_attn.q_proj.weight", _H + "self_attn.k_proj.weight", _H + "self_attn.v_proj.weight"), "qkv"),
     Rule(_L + "self_attention.linear_proj.weight", (_H + "self_attn.o_proj.weight",)),
     Rule(_L + "self_attention.q_layernorm.{p}", (_H + "self_attn.q_norm.{p}",)),
+    # Gated DeltaNet (hybrid models; Qwen3-Next's names)
+    Rule(_L + "self_attention.in_proj.layer_norm_weight", (_H + "input_layernorm.weight",), when="gdn_fused"),
+    Rule(_L + "self_attention.in_proj.weight",
+         (_H + "linear_attn.in_proj_qkvz.weight", _H + "linear_attn.in_proj_ba.weight"), "gdn_in"),
+    Rule(_L + "self_attention.conv1d.weight", (_H + "linear_attn.conv1d.weight",)),
+    Rule(_L + "self_attention.dt_bias", (_H + "linear_attn.dt_bias",)),
+    Rule(_L + "self_attention.A_log", (_H + "linear_attn.A_log",)),
+    Rule(_L + "self_attention.out_norm.weight", (_H + "linear_attn.norm.weight",), "gdn_norm"),
+    Rule(_L + "self_attention.out_proj.weight", (_H + "linear_attn.out_proj.weight",)),
     Rule(_L + "self_attention.k_layernorm.{p}", (_H + "self_attn.k_norm.{p}",)),
     # MLP / MoE block
     Rule(_L + "pre_mlp_layernorm.{p}", (_H + "post_attention_layernorm.{p}",), when="mlp_slot"),
@@ -86,7 +106,7 @@ _COMPILED = [(r, _regex(r.megatron), [_regex(h) for h in r.hf]) for r in RULES]
 
 # -- layouts --------------------------------------------------------------------------------
 
-def split_qkv(w: torch.Tensor, arch: Arch) -> List[torch.Tensor]:
+def split_qkv(w: torch.Tensor, arch: Arch, hf_class: str) -> List[torch.Tensor]:
     s = arch.shape
     nh, ng, d = s.num_attention_heads, s.query_groups, s.head_dim
     per = nh // ng
@@ -102,7 +122,7 @@ def split_qkv(w: torch.Tensor, arch: Arch) -> List[torch.Tensor]:
     return [q.reshape(-1, w.shape[-1]), k.reshape(-1, w.shape[-1]), v.reshape(-1, w.shape[-1])]
 
 
-def merge_qkv(parts: List[torch.Tensor], arch: Arch) -> torch.Tensor:
+def merge_qkv(parts: List[torch.Tensor], arch: Arch, hf_class: str) -> torch.Tensor:
     s = arch.shape
     nh, ng, d = s.num_attention_heads, s.query_groups, s.head_dim
     per = nh // ng
@@ -117,16 +137,65 @@ def merge_qkv(parts: List[torch.Tensor], arch: Arch) -> torch.Tensor:
     return torch.cat(blocks, dim=1).reshape(-1, h)
 
 
-def split_fc1(w: torch.Tensor, arch: Arch) -> List[torch.Tensor]:
+def split_fc1(w: torch.Tensor, arch: Arch, hf_class: str) -> List[torch.Tensor]:
     return list(w.chunk(2, dim=0))
 
 
-def merge_fc1(parts: List[torch.Tensor], arch: Arch) -> torch.Tensor:
+def merge_fc1(parts: List[torch.Tensor], arch: Arch, hf_class: str) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-_SPLIT: Dict[str, Callable] = {"copy": lambda w, arch: [w], "qkv": split_qkv, "fc1": split_fc1}
-_MERGE: Dict[str, Callable] = {"copy": lambda parts, arch: parts[0], "qkv": merge_qkv, "fc1": merge_fc1}
+def _gdn_dims(arch: Arch) -> Tuple[int, int, int, int]:
+    s = arch.shape
+    nk, nv = s.linear_num_key_heads, s.linear_num_value_heads
+    return nk, nv // nk, s.linear_key_head_dim, s.linear_value_head_dim
+
+
+def split_gdn_in(w: torch.Tensor, arch: Arch, hf_class: str) -> List[torch.Tensor]:
+    nk, r, dk, dv = _gdn_dims(arch)
+    h = w.shape[-1]
+    q, k, v, z, b, a = w.split([nk * dk, nk * dk, nk * r * dv, nk * r * dv, nk * r, nk * r], dim=0)
+    qkvz = torch.cat([q.reshape(nk, dk, h), k.reshape(nk, dk, h),
+                      v.reshape(nk, r * dv, h), z.reshape(nk, r * dv, h)], dim=1)
+    ba = torch.cat([b.reshape(nk, r, h), a.reshape(nk, r, h)], dim=1)
+    return [qkvz.reshape(-1, h), ba.reshape(-1, h)]
+
+
+def merge_gdn_in(parts: List[torch.Tensor], arch: Arch, hf_class: str) -> torch.Tensor:
+    nk, r, dk, dv = _gdn_dims(arch)
+    qkvz, ba = parts
+    h = qkvz.shape[-1]
+    q, k, v, z = qkvz.reshape(nk, -1, h).split([dk, dk, r * dv, r * dv], dim=1)
+    b, a = ba.reshape(nk, 2 * r, h).split([r, r], dim=1)
+    return torch.cat([t.reshape(-1, h) for t in (q, k, v, z, b, a)], dim=0)
+
+
+def _gdn_norm_shift(arch: Arch, hf_class: str) -> bool:
+    return arch.zero_centered_gamma and hf_class == STOCK_HYBRID_CLASS
+
+
+def split_gdn_norm(w: torch.Tensor, arch: Arch, hf_class: str) -> List[torch.Tensor]:
+    return [w + 1 if _gdn_norm_shift(arch, hf_class) else w]
+
+
+def merge_gdn_norm(parts: List[torch.Tensor], arch: Arch, hf_class: str) -> torch.Tensor:
+    return parts[0] - 1 if _gdn_norm_shift(arch, hf_class) else parts[0]
+
+
+def _copy_split(w, arch, hf_class):
+    return [w]
+
+
+def _copy_merge(parts, arch, hf_class):
+    return parts[0]
+
+
+_SPLIT: Dict[str, Callable] = {
+    "copy": _copy_split, "qkv": split_qkv, "fc1": split_fc1, "gdn_in": split_gdn_in, "gdn_norm": split_gdn_norm,
+}
+_MERGE: Dict[str, Callable] = {
+    "copy": _copy_merge, "qkv": merge_qkv, "fc1": merge_fc1, "gdn_in": merge_gdn_in, "gdn_norm": merge_gdn_norm,
+}
 
 
 def _slot_replaced(arch: Arch, slot: str) -> bool:
@@ -138,8 +207,10 @@ def _applies(rule: Rule, arch: Arch, layer: Optional[int]) -> bool:
     if rule.when is None:
         return True
     slot, kind = rule.when.split("_")
-    if slot == "attn":
+    if slot in ("attn", "gdn"):
         fused = not _slot_replaced(arch, "attn")
+        if kind == "fused" and (slot == "gdn") != bool(arch.shape.linear_attention_pattern()[layer]):
+            return False
     else:
         fused = not _slot_replaced(arch, "mlp") and not arch.shape.moe_pattern()[layer]
     return fused == (kind == "fused")
@@ -151,8 +222,8 @@ def _fmt(pattern: str, groups: dict) -> str:
 
 # -- conversions ------------------------------------------------------------------------------
 
-def megatron_to_hf(tensors: Tensors, arch: Arch) -> Tensors:
-    """Per-layer Megatron tensors → HF tensors (fresh contiguous copies)."""
+def megatron_to_hf(tensors: Tensors, arch: Arch, hf_class: str) -> Tensors:
+    """Per-layer Megatron tensors → HF tensors of ``hf_class`` (fresh contiguous copies)."""
     out: Tensors = {}
     for key, t in tensors.items():
         for rule, mrx, _ in _COMPILED:
@@ -161,15 +232,15 @@ def megatron_to_hf(tensors: Tensors, arch: Arch) -> Tensors:
                 break
         else:
             raise CheckpointError(f"checkpoint tensor {key!r} has no rule in the Megatron→HF name table")
-        for name, part in zip(rule.hf, _SPLIT[rule.layout](t, arch)):
+        for name, part in zip(rule.hf, _SPLIT[rule.layout](t, arch, hf_class)):
             out[_fmt(name, m.groupdict())] = part.contiguous().clone()
     if not arch.shape.untie_embeddings_and_output_weights:
         out.pop("lm_head.weight", None)
     return out
 
 
-def hf_to_megatron(tensors: Tensors, arch: Arch) -> Tensors:
-    """HF tensors → per-layer Megatron tensors (fresh contiguous copies)."""
+def hf_to_megatron(tensors: Tensors, arch: Arch, hf_class: str) -> Tensors:
+    """HF tensors of ``hf_class`` → per-layer Megatron tensors (fresh contiguous copies)."""
     pending: Dict[Tuple[int, tuple], Dict[int, torch.Tensor]] = {}
     for key, t in tensors.items():
         if key == "lm_head.weight" and not arch.shape.untie_embeddings_and_output_weights:
@@ -200,6 +271,6 @@ def hf_to_megatron(tensors: Tensors, arch: Arch) -> Tensors:
         if len(parts) != len(rule.hf):
             missing = [_fmt(rule.hf[j], groups) for j in range(len(rule.hf)) if j not in parts]
             raise CheckpointError(f"HF tensor(s) missing: {', '.join(missing)}")
-        merged = _MERGE[rule.layout]([parts[j] for j in range(len(rule.hf))], arch)
+        merged = _MERGE[rule.layout]([parts[j] for j in range(len(rule.hf))], arch, hf_class)
         out[_fmt(rule.megatron, groups)] = merged.contiguous().clone()
     return out

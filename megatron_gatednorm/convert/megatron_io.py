@@ -14,8 +14,10 @@ checkpoint written from one process loads at any TP/PP/EP. Decoder tensors of ho
 models are stacked over layers (``decoder.layers.X [L, ...]``), otherwise stored per layer
 (``decoder.layers.{i}.X``); routed experts are stacked over experts
 (``...mlp.experts.experts.linear_fc1.weight [(L,) E, ...]``) whatever the in-memory layout
-(SequentialMLP, TEGroupedMLP, GroupedMLP). :func:`unstack` / :func:`stack` convert between
-that and the per-layer, per-expert names of :mod:`megatron_gatednorm.convert.mapping`.
+(SequentialMLP, TEGroupedMLP, GroupedMLP); Gated DeltaNet's ``in_proj.weight`` is stored in six
+parts (``.query .key .value .z .beta .alpha``) and its ``conv1d.weight`` in three. :func:`unstack`
+/ :func:`stack` convert between that and the per-layer, per-expert, unsplit names of
+:mod:`megatron_gatednorm.convert.mapping`.
 """
 
 from __future__ import annotations
@@ -138,9 +140,7 @@ _UNSUPPORTED = (
     ("moe_router_topk_scaling_factor", lambda v: v in (None, 1, 1.0), "unset"),
     ("moe_router_enable_expert_bias", lambda v: not v, "False"),
     ("moe_router_num_groups", lambda v: not v, "unset (no group-limited routing)"),
-    ("experimental_attention_variant", lambda v: v is None, (
-        "unset: hybrid Gated DeltaNet models are not supported by mgn convert yet "
-        "(megatron-core 0.16 can build them, but their conversion is not implemented)")),
+    ("experimental_attention_variant", lambda v: v in (None, "gated_delta_net"), "unset or 'gated_delta_net'"),
     ("position_embedding_type", lambda v: v != "mrope", "'rope'"),
 )
 
@@ -297,6 +297,56 @@ def unstack(tensors: Tensors, arch: Arch) -> Tensors:
                     out[f"{m.group(1)}{e}.{m.group(2)}"] = tensor[e]
             else:
                 out[name] = tensor
+    return _join_gated_delta_net_parts(out)
+
+
+# Megatron's split of Gated DeltaNet tensors in dist checkpoints (GatedDeltaNet.sharded_state_dict)
+_GDN_PARTS = {
+    "self_attention.in_proj.weight": ("query", "key", "value", "z", "beta", "alpha"),
+    "self_attention.conv1d.weight": ("query", "key", "value"),
+    "self_attention.conv1d.bias": ("query", "key", "value"),
+}
+_GDN_PART = re.compile(r"^(decoder\.layers\.\d+\.(self_attention\.(?:in_proj|conv1d)\.(?:weight|bias)))\.(\w+)$")
+
+
+def _gdn_part_rows(shape: ModelShape) -> Dict[str, int]:
+    qk = shape.linear_key_head_dim * shape.linear_num_key_heads
+    v = shape.linear_value_head_dim * shape.linear_num_value_heads
+    heads = shape.linear_num_value_heads
+    return dict(query=qk, key=qk, value=v, z=v, beta=heads, alpha=heads)
+
+
+def _join_gated_delta_net_parts(tensors: Tensors) -> Tensors:
+    out: Tensors = {}
+    parts: Dict[Tuple[str, str], Dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        m = _GDN_PART.match(key)
+        if m and m.group(2) in _GDN_PARTS:
+            parts.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = t
+        else:
+            out[key] = t
+    for (key, suffix), by_part in parts.items():
+        order = _GDN_PARTS[suffix]
+        if sorted(by_part) != sorted(order):
+            raise CheckpointError(f"tensor {key}: parts {sorted(by_part)}, expected {list(order)}")
+        out[key] = torch.cat([by_part[name] for name in order], dim=0)
+    return out
+
+
+def _split_gated_delta_net_parts(tensors: Tensors, shape: ModelShape) -> Tensors:
+    out: Tensors = {}
+    rows = _gdn_part_rows(shape)
+    for key, t in tensors.items():
+        m = _LAYER.match(key)
+        order = _GDN_PARTS.get(m.group(2)) if m else None
+        if order is None:
+            out[key] = t
+            continue
+        sizes = [rows[name] for name in order]
+        if sum(sizes) != t.shape[0]:
+            raise CheckpointError(f"tensor {key}: {t.shape[0]} rows, the Gated DeltaNet shape needs {sum(sizes)}")
+        for name, part in zip(order, t.split(sizes, dim=0)):
+            out[f"{key}.{name}"] = part
     return out
 
 
@@ -312,7 +362,7 @@ def stack(tensors: Tensors, arch: Arch) -> Tensors:
     """Inverse of :func:`unstack`: per-layer/per-expert names → dist-ckpt global keys."""
     grouped: Dict[str, Dict[int, torch.Tensor]] = {}
     out: Tensors = {}
-    for name, t in tensors.items():
+    for name, t in _split_gated_delta_net_parts(tensors, arch.shape).items():
         m = re.match(r"^(decoder\.layers\.\d+\.mlp\.experts\.)(\d+)\.(.+)$", name)
         if m:
             grouped.setdefault(f"{m.group(1)}experts.{m.group(3)}", {})[int(m.group(2))] = t
@@ -398,7 +448,9 @@ def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, 
     (Path(out_dir) / TRACKER).write_text(str(iteration))
 
 
-_LINEAR = re.compile(r"^(decoder\.layers\.(?:(\d+)\.)?.*(?:linear_qkv|linear_proj|linear_fc1|linear_fc2))\.weight$")
+_LINEAR = re.compile(
+    r"^(decoder\.layers\.(?:(\d+)\.)?.*(?:linear_qkv|linear_proj|linear_fc1|linear_fc2|in_proj|out_proj))\.weight(?:\.query)?$"
+)
 
 
 def _linear_extra_states(tensors: Tensors) -> dict:

@@ -36,10 +36,10 @@ def convert_to_hf(
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out}: output folder already exists (pass --overwrite to replace it)")
     arch, _, tensors = read_checkpoint(load)
-    tensors = megatron_to_hf(unstack(tensors, arch), arch)
     target = DTYPES[dtype] if dtype else next(iter(tensors.values())).dtype
-    tensors = {k: v.to(target) for k, v in tensors.items()}
     config, name = hf_io.hf_config(arch, target, force_gatednorm=force_gatednorm)
+    tensors = megatron_to_hf(unstack(tensors, arch), arch, name)
+    tensors = {k: v.to(target) for k, v in tensors.items()}
     expected = hf_io.expected_parameters(config, name)
     if expected is not None:
         got = {k: tuple(v.shape) for k, v in tensors.items()}

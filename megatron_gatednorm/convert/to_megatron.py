@@ -32,6 +32,9 @@ def check_layout(arch: Arch, tp: int, pp: int, ep: int) -> None:
     ]
     if s.num_experts:
         checks.append(("--ep", ep, "num_experts", s.num_experts))
+    if any(s.linear_attention_pattern()):
+        checks += [("--tp", tp, "linear_num_key_heads", s.linear_num_key_heads),
+                   ("--tp", tp, "linear_num_value_heads", s.linear_num_value_heads)]
     for flag, n, field, value in checks:
         if n < 1 or value % n:
             raise CheckpointError(f"invalid {flag}={n}: {field}={value} is not divisible by it")
@@ -40,7 +43,7 @@ def check_layout(arch: Arch, tp: int, pp: int, ep: int) -> None:
 
 
 def read_hf(hf_dir) -> tuple:
-    """``(arch, {hf name: tensor})`` of an HF folder of a supported architecture."""
+    """``(arch, HF class name, {hf name: tensor})`` of an HF folder of a supported architecture."""
     folder = Path(hf_dir)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -51,7 +54,7 @@ def read_hf(hf_dir) -> tuple:
         raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
     arch = hf_io.arch_from_hf_config(cfg, where=str(config_path))
     tensors = hf_io.unfuse_experts(hf_io.read_safetensors(folder))
-    return arch, tensors
+    return arch, hf_io.hf_class_of(cfg), tensors
 
 
 def convert_to_megatron(
@@ -66,10 +69,10 @@ def convert_to_megatron(
     out = Path(out)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out}: output folder already exists (pass --overwrite to replace it)")
-    arch, tensors = read_hf(hf_dir)
+    arch, hf_class, tensors = read_hf(hf_dir)
     check_layout(arch, tp, pp, ep)
     arch = arch.replace(dtype=next(iter(tensors.values())).dtype)
-    megatron = stack(hf_to_megatron(tensors, arch), arch)
+    megatron = stack(hf_to_megatron(tensors, arch, hf_class), arch)
     args = megatron_args(
         arch, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         expert_model_parallel_size=ep, vocab_size=vocab_size,

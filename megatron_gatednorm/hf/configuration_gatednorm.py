@@ -13,7 +13,9 @@ weights so that ``AutoConfig.from_pretrained(dir, trust_remote_code=True)`` work
   and ``rotary_percent`` (the fraction of each head's channels that rotate);
 * MoE: ``moe_layer_pattern`` (1 = MoE layer), an optional shared expert
   (``shared_expert_intermediate_size``) with an optional sigmoid ``shared_expert_gate``;
-* ``residual_clip``: the residual stream is clamped to ``[-T, T]`` after every residual add.
+* ``residual_clip``: the residual stream is clamped to ``[-T, T]`` after every residual add;
+* hybrid models: ``layer_types`` (``"linear_attention"`` for Gated DeltaNet, ``"full_attention"``)
+  and Qwen3-Next's ``linear_*`` head sizes; unset means softmax attention in every layer.
 """
 
 from typing import Optional
@@ -21,6 +23,7 @@ from typing import Optional
 from transformers import PretrainedConfig
 
 NORM_VARIANTS = ("rmsnorm", "gatednorm", "preaffine", "preaffine_gatednorm", "dyt", "gatedyt")
+LAYER_TYPES = ("full_attention", "linear_attention")
 
 
 class GatedNormConfig(PretrainedConfig):
@@ -59,6 +62,12 @@ class GatedNormConfig(PretrainedConfig):
     gate_granularity: str = "elementwise"
     zero_centered_gamma: bool = False
     residual_clip: Optional[float] = None
+    layer_types: Optional[list] = None
+    linear_conv_kernel_dim: int = 4
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    linear_num_key_heads: int = 16
+    linear_num_value_heads: int = 32
     pad_token_id: Optional[int] = None
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
@@ -72,9 +81,19 @@ class GatedNormConfig(PretrainedConfig):
             self.norm_placement = ["attn", "mlp", "final"]
         if self.num_experts and self.moe_layer_pattern is None:
             self.moe_layer_pattern = [1] * self.num_hidden_layers
+        if self.layer_types is not None:
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad or len(self.layer_types) != self.num_hidden_layers:
+                raise ValueError(
+                    f"invalid layer_types={self.layer_types!r}: expected num_hidden_layers="
+                    f"{self.num_hidden_layers} entries of {', '.join(LAYER_TYPES)}"
+                )
         if self.norm_variant not in NORM_VARIANTS:
             raise ValueError(f"invalid norm_variant={self.norm_variant!r}; valid: {', '.join(NORM_VARIANTS)}")
         super().__post_init__(**kwargs)
+
+    def is_linear_attention(self, layer_idx: int) -> bool:
+        return self.layer_types is not None and self.layer_types[layer_idx] == "linear_attention"
 
     def slot_variant(self, slot: str) -> str:
         """The norm of a slot (attn, mlp, final, qk): the variant if placed there, else RMSNorm."""

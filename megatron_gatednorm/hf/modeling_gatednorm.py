@@ -18,7 +18,13 @@ Qwen3-MoE except:
 * MoE routing as Megatron's defaults (softmax over the top-k logits == softmax then top-k then
   renormalise; ``norm_topk_prob=False`` is Megatron's ``moe_router_pre_softmax``), plus an
   optional shared expert with a sigmoid gate (Megatron's ``moe_shared_expert_gate``);
-* optional residual clamp after every residual add (``residual_clip``).
+* optional residual clamp after every residual add (``residual_clip``);
+* hybrid models (``layer_types``): Gated DeltaNet layers with Qwen3-Next's parameter names and
+  layout, computing Megatron's ``GatedDeltaNet`` (causal depthwise conv + SiLU, L2-normalised
+  q/k, gated delta rule, output RMSNorm gated by ``silu(z)``; the output norm honours
+  ``zero_centered_gamma`` like every other norm). The delta rule runs in float32 chunks with a
+  triangular solve (:func:`gated_delta_rule`); its conv and recurrent states live in
+  transformers' cache (``layer_types`` makes ``DynamicCache`` allocate linear-attention layers).
 
 Attention uses ``torch.nn.functional.scaled_dot_product_attention`` with an explicit boolean
 mask; the KV cache is transformers' ``Cache`` (``generate()`` works).
@@ -173,6 +179,95 @@ class GatedNormAttention(nn.Module):
         return self.o_proj(out), probs
 
 
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def gated_delta_rule(q, k, v, g, beta, state=None, chunk_size: int = 64):
+    """Gated delta rule over a sequence, in chunks (float32, float64 for float64 inputs).
+
+    Per head, with ``α_t = exp(g_t)`` and ``q`` scaled by ``d_k^-1/2``::
+
+        S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,    o_t = S_tᵀ q_t
+
+    Inside a chunk with cumulative log-decay ``γ``, the updates ``u_j = β_j (v_j - k_jᵀ α S_{j-1})``
+    solve the unit lower-triangular system ``(I + M) U = β ⊙ (V - e^γ ⊙ K S_0)`` with
+    ``M_ji = β_j e^{γ_j-γ_i} k_j·k_i`` (i < j); then ``o_t = e^{γ_t} q_tᵀS_0 + Σ_{j≤t} e^{γ_t-γ_j}
+    (q_t·k_j) u_j`` and ``S_C = e^{γ_C} S_0 + Σ_j e^{γ_C-γ_j} k_j u_jᵀ``.
+
+    Args: ``q, k`` [b, s, h, d_k] (normalised), ``v`` [b, s, h, d_v], ``g, beta`` [b, s, h],
+    ``state`` [b, h, d_k, d_v] or None. Returns ``(o [b, s, h, d_v] in v's dtype, final state)``.
+    """
+    out_dtype = v.dtype
+    dt = torch.float64 if v.dtype == torch.float64 else torch.float32
+    q, k, v = (t.transpose(1, 2).to(dt) for t in (q, k, v))
+    g, beta = (t.transpose(1, 2).to(dt) for t in (g, beta))
+    q = q * q.shape[-1] ** -0.5
+    b, h, s, dk = k.shape
+    S = q.new_zeros(b, h, dk, v.shape[-1]) if state is None else state.to(dt)
+    out = []
+    for start in range(0, s, chunk_size):
+        qc, kc, vc, bc = (t[:, :, start:start + chunk_size] for t in (q, k, v, beta))
+        gamma = g[:, :, start:start + chunk_size].cumsum(-1)
+        c = gamma.shape[-1]
+        causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        decay = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+        m = (bc[..., None] * decay * (kc @ kc.transpose(-1, -2))).tril(-1)
+        rhs = bc[..., None] * (vc - gamma.exp()[..., None] * (kc @ S))
+        u = torch.linalg.solve_triangular(m, rhs, upper=False, unitriangular=True)
+        out.append(gamma.exp()[..., None] * (qc @ S) + ((qc @ kc.transpose(-1, -2)) * decay) @ u)
+        tail = (gamma[..., -1:] - gamma).exp()[..., None]
+        S = gamma[..., -1, None, None].exp() * S + (kc * tail).transpose(-1, -2) @ u
+    o = torch.cat(out, dim=2).transpose(1, 2)
+    return o.to(out_dtype), S
+
+
+class GatedNormGatedDeltaNet(nn.Module):
+    """Megatron's ``GatedDeltaNet`` with Qwen3-Next's parameters: ``in_proj_qkvz`` (rows per key
+    head g: ``[q_g | k_g | v_g· | z_g·]``), ``in_proj_ba`` (per g ``[β_g· | α_g·]``; ``·`` the
+    ``nv/nk`` value heads of g), ``conv1d`` over ``[q | k | v]``, ``dt_bias``, ``A_log``, ``norm``,
+    ``out_proj``. ``g = -exp(A_log) · softplus(α + dt_bias)``, ``β = sigmoid(β)``."""
+
+    def __init__(self, config: GatedNormConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.nk, self.nv = config.linear_num_key_heads, config.linear_num_value_heads
+        self.dk, self.dv = config.linear_key_head_dim, config.linear_value_head_dim
+        self.kernel = config.linear_conv_kernel_dim
+        h, r = config.hidden_size, self.nv // self.nk
+        self.conv_dim = 2 * self.nk * self.dk + self.nv * self.dv
+        self.in_proj_qkvz = nn.Linear(h, self.nk * (2 * self.dk + 2 * r * self.dv), bias=False)
+        self.in_proj_ba = nn.Linear(h, 2 * self.nv, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.kernel, groups=self.conv_dim, bias=False)
+        self.dt_bias = nn.Parameter(torch.ones(self.nv))
+        self.A_log = nn.Parameter(torch.zeros(self.nv))
+        self.norm = GatedNormRMSNorm(self.dv, "rmsnorm", config)
+        self.out_proj = nn.Linear(self.nv * self.dv, h, bias=False)
+
+    def forward(self, x: torch.Tensor, cache: Optional[Cache]) -> torch.Tensor:
+        b, s, _ = x.shape
+        r = self.nv // self.nk
+        qkvz = self.in_proj_qkvz(x).view(b, s, self.nk, -1)
+        q, k, v, z = qkvz.split([self.dk, self.dk, r * self.dv, r * self.dv], dim=-1)
+        beta, alpha = self.in_proj_ba(x).view(b, s, self.nk, 2 * r).split([r, r], dim=-1)
+        mixed = torch.cat([t.reshape(b, s, -1) for t in (q, k, v)], dim=-1).transpose(1, 2)
+        state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+        if cache is not None:  # left context: the cached last inputs (none at prefill)
+            mixed = cache.update_conv_state(mixed, self.layer_idx, conv_kernel_size=self.kernel)
+        conv = F.conv1d(mixed, self.conv1d.weight, padding=self.kernel - 1, groups=self.conv_dim)
+        mixed = F.silu(conv[..., : mixed.shape[-1]][..., -s:]).transpose(1, 2)
+        q, k, v = mixed.split([self.nk * self.dk, self.nk * self.dk, self.nv * self.dv], dim=-1)
+        q = _l2norm(q.reshape(b, s, self.nk, self.dk)).repeat_interleave(r, dim=2)
+        k = _l2norm(k.reshape(b, s, self.nk, self.dk)).repeat_interleave(r, dim=2)
+        v = v.reshape(b, s, self.nv, self.dv)
+        g = -self.A_log.float().exp() * F.softplus(alpha.reshape(b, s, self.nv).float() + self.dt_bias.float())
+        o, state = gated_delta_rule(q, k, v, g, beta.reshape(b, s, self.nv).sigmoid(), state)
+        if cache is not None:
+            cache.update_recurrent_state(state, self.layer_idx)
+        y = (self.norm(o) * F.silu(z.reshape(b, s, self.nv, self.dv).float())).to(o.dtype)
+        return self.out_proj(y.reshape(b, s, -1))
+
+
 class GatedNormMLP(nn.Module):
     def __init__(self, config: GatedNormConfig, intermediate_size: int):
         super().__init__()
@@ -226,7 +321,10 @@ class GatedNormDecoderLayer(nn.Module):
         super().__init__()
         self.residual_clip = config.residual_clip
         self.input_layernorm = GatedNormRMSNorm(config.hidden_size, config.slot_variant("attn"), config)
-        self.self_attn = GatedNormAttention(config, layer_idx)
+        if config.is_linear_attention(layer_idx):
+            self.linear_attn = GatedNormGatedDeltaNet(config, layer_idx)
+        else:
+            self.self_attn = GatedNormAttention(config, layer_idx)
         self.post_attention_layernorm = GatedNormRMSNorm(config.hidden_size, config.slot_variant("mlp"), config)
         if config.num_experts and config.moe_layer_pattern[layer_idx]:
             self.mlp = GatedNormSparseMoeBlock(config)
@@ -238,7 +336,10 @@ class GatedNormDecoderLayer(nn.Module):
         return h if self.residual_clip is None else h.clamp(-self.residual_clip, self.residual_clip)
 
     def forward(self, x, cos, sin, mask, cache, output_attentions: bool = False):
-        attn, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, output_attentions)
+        if hasattr(self, "linear_attn"):
+            attn, probs = self.linear_attn(self.input_layernorm(x), cache), None
+        else:
+            attn, probs = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, output_attentions)
         x = self._add(x, attn)
         return self._add(x, self.mlp(self.post_attention_layernorm(x))), probs
 
@@ -267,6 +368,10 @@ class GatedNormPreTrainedModel(PreTrainedModel):
             if module.gated:
                 init.normal_(module.gate_down, mean=0.0, std=std)
                 init.zeros_(module.gate_up)
+        elif isinstance(module, GatedNormGatedDeltaNet):  # Megatron's GatedDeltaNet init
+            init.normal_(module.conv1d.weight, mean=0.0, std=std)
+            init.ones_(module.dt_bias)
+            init.uniform_(module.A_log, a=0.0, b=2.772588722239781)  # A = exp(A_log) log-uniform in [1, 16]
 
 
 def _causal_mask(attention_mask, batch, q_len, past, device):
@@ -311,7 +416,8 @@ class GatedNormModel(GatedNormPreTrainedModel):
             except TypeError:  # pragma: no cover - older transformers
                 cache = DynamicCache()
         b, s = h.shape[:2]
-        past = cache.get_seq_length() if cache is not None else 0
+        softmax_layers = not self.config.layer_types or "full_attention" in self.config.layer_types
+        past = cache.get_seq_length() if cache is not None and softmax_layers else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + s, device=h.device)[None].expand(b, s)
         cos, sin = self.rotary_emb(position_ids)
