@@ -27,7 +27,18 @@ REPO = Path(__file__).parent.parent
 sys.path.insert(0, str(WORKERS))
 from convert_save import CASES, tokens  # noqa: E402
 
-STOCK = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "moe_qwen3": "Qwen3MoeForCausalLM"}
+STOCK = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "moe_qwen3": "Qwen3MoeForCausalLM",
+         "next_qwen3": "Qwen3NextForCausalLM"}
+# stock Qwen3-Next stores its gated output norm as γ = 1 + w (Megatron: w, zero-centred), and
+# 1 + w rounds: exact only to an ulp of 1 after a round trip (every other tensor is bit-identical)
+SHIFTED = ("self_attention.out_norm.weight", "linear_attn.norm.weight")
+ULP_OF_ONE = 2.0**-23
+
+
+def _same(case, key, a, b):
+    if STOCK.get(case) == "Qwen3NextForCausalLM" and key.endswith(SHIFTED):
+        return a.dtype == b.dtype and float((a - b).abs().max()) <= ULP_OF_ONE
+    return a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes()
 LOGITS_ATOL = 1e-4
 FP32_TIGHT = 1e-5
 
@@ -140,7 +151,8 @@ def test_exported_code_is_self_contained(converted):
 
 def test_round_trips(saved, converted, work):
     """HF → Megatron → HF is byte-identical; Megatron (TP=2) → HF → Megatron (TP=1) has the same
-    tensors and logits, and the written checkpoints load at TP=2, PP=2 (and EP=2)."""
+    tensors and logits, and the written checkpoints load at TP=2, PP=2 (and EP=2). The one
+    exception is :data:`SHIFTED` in stock Qwen3-Next folders (within an ulp of 1)."""
     from megatron_gatednorm.convert.hf_io import read_safetensors
     from megatron_gatednorm.convert.megatron_io import read_checkpoint
     from megatron_gatednorm.convert.to_hf import convert_to_hf
@@ -156,20 +168,19 @@ def test_round_trips(saved, converted, work):
         a, b = read_safetensors(hf_dir), read_safetensors(again)
         assert sorted(a) == sorted(b), case
         for k in a:
-            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (case, k)
-            assert a[k].numpy().tobytes() == b[k].numpy().tobytes(), (case, k)
+            assert _same(case, k, a[k], b[k]), (case, k)
         for f in ("config.json", "generation_config.json"):
             assert json.loads((hf_dir / f).read_text()) == json.loads((again / f).read_text()), (case, f)
         _, args, original = read_checkpoint(saved[f"{case}/tp2"]["ckpt"])
         _, back_args, written = read_checkpoint(back)
         assert sorted(original) == sorted(written), case
         for k in original:
-            assert torch.equal(original[k], written[k]), (case, k)
+            assert _same(case, k, original[k], written[k]), (case, k)
         assert back_args.tensor_model_parallel_size == 1 and args.tensor_model_parallel_size == 2
         assert back_args.padded_vocab_size == args.padded_vocab_size
         loads.append(f"{back}@tp1")
-        if case in ("gatednorm", "moe_gatednorm", "moe_qwen3", "llama"):
-            loads += [f"{back}@tp2", f"{back}@pp2"] + ([f"{back}@ep2"] if "moe" in case else [])
+        if case in ("gatednorm", "moe_gatednorm", "moe_qwen3", "llama", "next_qwen3", "next_dense_preaffine"):
+            loads += [f"{back}@tp2", f"{back}@pp2"] + ([f"{back}@ep2"] if CASES[case][0].num_experts else [])
     results = _torchrun(work, "--load", *loads)
     for pair, r in results.items():
         case = Path(pair.split("@")[0]).name
@@ -255,13 +266,13 @@ def test_bad_input_errors(saved, converted, work, capsys):
     bad_common = broken("badcommon", lambda it: (it / "common.pt").write_bytes(b"not a pickle"))
     _expect_error(capsys, to_hf(bad_common), "common.pt", "cannot be read", leftovers_in=outs)
 
-    def hybrid(it):
+    def sparse_attention(it):
         common = torch.load(it / "common.pt", weights_only=False)
-        common["args"].experimental_attention_variant = "gated_delta_net"
+        common["args"].experimental_attention_variant = "dsa"
         torch.save(common, it / "common.pt")
 
-    _expect_error(capsys, to_hf(broken("hybrid", hybrid)), "experimental_attention_variant", "Gated DeltaNet",
-                  leftovers_in=outs)
+    _expect_error(capsys, to_hf(broken("dsa", sparse_attention)), "experimental_attention_variant='dsa'",
+                  "'gated_delta_net'", leftovers_in=outs)
 
     # an existing output folder is kept untouched without --overwrite
     existing = outs / "x"

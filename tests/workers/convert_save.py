@@ -26,6 +26,14 @@ BATCH, SEQ, NEW = 2, 8, 8
 DENSE = TINY.replace(max_position_embeddings=SEQ + NEW)
 MOE = TINY_MOE.replace(max_position_embeddings=SEQ + NEW)
 PLAIN = dict(attention_output_gate=False)
+# hybrid: Gated DeltaNet in layers 0 and 2, softmax attention in 1 and 3 (Qwen3-Next's pattern)
+HYBRID = DENSE.replace(
+    num_layers=4, experimental_attention_variant="gated_delta_net", linear_attention_freq=2,
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=12,
+)
+HYBRID_MOE = HYBRID.replace(num_experts=4, moe_ffn_hidden_size=48, moe_router_topk=2,
+                            moe_shared_expert_intermediate_size=32, moe_shared_expert_gate=True)
+QWEN3_NEXT = dict(zero_centered_gamma=True, rotary_percent=0.5)
 
 # name -> (shape, NormConfig kwargs, Arch extras)
 CASES = {
@@ -47,6 +55,11 @@ CASES = {
                                 dict(variant="preaffine_gatednorm"), {}),
     "moe_dyt": (MOE.replace(untie_embeddings_and_output_weights=True), dict(variant="dyt"), {}),
     "moe_gatedyt": (MOE, dict(variant="gatedyt", gate_activation="silu"), {}),
+    "next_qwen3": (HYBRID_MOE, dict(variant="rmsnorm"), QWEN3_NEXT),
+    "next_gatednorm": (HYBRID_MOE.replace(moe_layer_freq=[1, 1, 0, 1]),
+                       dict(variant="gatednorm", placement="mlp,final"), QWEN3_NEXT),
+    "next_dense_preaffine": (HYBRID.replace(untie_embeddings_and_output_weights=True),
+                             dict(variant="preaffine"), {}),
 }
 LAYOUTS = {"tp2": dict(tp=2), "pp2": dict(pp=2), "ep2": dict(ep=2)}
 
@@ -69,7 +82,8 @@ def build(arch: Arch, tp=1, pp=1, ep=1):
     model_parallel_cuda_manual_seed(SEED)
     overrides = dict(use_cpu_initialization=True, **arch.transformer_config_overrides())
     config = transformer_config(arch.shape, arch.norm_config, **overrides)
-    return build_gpt_model(arch.shape, config, max_sequence_length=SEQ + NEW)
+    return build_gpt_model(arch.shape, config, max_sequence_length=SEQ + NEW,
+                           rotary_percent=arch.rotary_percent, rotary_base=int(arch.rotary_base))
 
 
 def perturb(model):
