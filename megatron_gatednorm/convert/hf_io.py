@@ -34,6 +34,9 @@ _CLASS_OF_MODEL_TYPE = {
     "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
     "qwen3_next": "Qwen3NextForCausalLM", "gatednorm": "GatedNormForCausalLM",
 }
+# Gated DeltaNet sizes: the same names in Megatron, Qwen3-Next and the exported architecture
+_LINEAR_FIELDS = ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+                  "linear_num_key_heads", "linear_num_value_heads")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -96,13 +99,8 @@ def hf_config(arch: Arch, dtype: torch.dtype, force_gatednorm: bool = False):
         moe_intermediate_size=s.moe_ffn_hidden_size or s.ffn_hidden_size,
         norm_topk_prob=not arch.moe_router_pre_softmax,
     )
-    linear = dict(
-        linear_conv_kernel_dim=s.linear_conv_kernel_dim,
-        linear_key_head_dim=s.linear_key_head_dim,
-        linear_value_head_dim=s.linear_value_head_dim,
-        linear_num_key_heads=s.linear_num_key_heads,
-        linear_num_value_heads=s.linear_num_value_heads,
-    )
+    linear = {k: getattr(s, k) for k in _LINEAR_FIELDS}
+    dense_layers = [i for i, m in enumerate(s.moe_pattern()) if not m]
     name = None if force_gatednorm else stock_class(arch)
     rope = {"rope_type": "default", "rope_theta": arch.rotary_base}
     if name == "Qwen3ForCausalLM":
@@ -116,19 +114,17 @@ def hf_config(arch: Arch, dtype: torch.dtype, force_gatednorm: bool = False):
     elif name == "Qwen3MoeForCausalLM":
         from transformers import Qwen3MoeConfig
 
-        pattern = s.moe_pattern()
         config = Qwen3MoeConfig(
             **common, **moe, rope_parameters=rope, attention_bias=False, decoder_sparse_step=1,
-            mlp_only_layers=[i for i, m in enumerate(pattern) if not m],
+            mlp_only_layers=dense_layers,
         )
     elif name == "Qwen3NextForCausalLM":
         from transformers import Qwen3NextConfig
 
-        pattern = s.moe_pattern()
         config = Qwen3NextConfig(
             **common, **moe, **linear, attention_bias=False, decoder_sparse_step=1,
             rope_parameters=dict(rope, partial_rotary_factor=arch.rotary_percent),
-            mlp_only_layers=[i for i, m in enumerate(pattern) if not m] if s.num_experts else [],
+            mlp_only_layers=dense_layers if s.num_experts else [],
             shared_expert_intermediate_size=s.moe_shared_expert_intermediate_size or 0,
             layer_types=_layer_types(s),
         )
@@ -271,12 +267,10 @@ def _linear_attention_fields(cfg: dict, pattern: Optional[list]) -> dict:
         return {}
     n = len(pattern)
     freq = next((k for k in range(1, n + 1) if pattern == [int((i + 1) % k != 0) for i in range(n)]), None)
-    names = ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
-             "linear_num_key_heads", "linear_num_value_heads")
     return dict(
         experimental_attention_variant="gated_delta_net",
         linear_attention_freq=freq if freq is not None else list(pattern),
-        **{k: cfg[k] for k in names if cfg.get(k) is not None},
+        **{k: cfg[k] for k in _LINEAR_FIELDS if cfg.get(k) is not None},
     )
 
 

@@ -68,6 +68,7 @@ RULES: Tuple[Rule, ...] = (
          (_H + "self_attn.q_proj.weight", _H + "self_attn.k_proj.weight", _H + "self_attn.v_proj.weight"), "qkv"),
     Rule(_L + "self_attention.linear_proj.weight", (_H + "self_attn.o_proj.weight",)),
     Rule(_L + "self_attention.q_layernorm.{p}", (_H + "self_attn.q_norm.{p}",)),
+    Rule(_L + "self_attention.k_layernorm.{p}", (_H + "self_attn.k_norm.{p}",)),
     # Gated DeltaNet (hybrid models; Qwen3-Next's names)
     Rule(_L + "self_attention.in_proj.layer_norm_weight", (_H + "input_layernorm.weight",), when="gdn_fused"),
     Rule(_L + "self_attention.in_proj.weight",
@@ -77,7 +78,6 @@ RULES: Tuple[Rule, ...] = (
     Rule(_L + "self_attention.A_log", (_H + "linear_attn.A_log",)),
     Rule(_L + "self_attention.out_norm.weight", (_H + "linear_attn.norm.weight",), "gdn_norm"),
     Rule(_L + "self_attention.out_proj.weight", (_H + "linear_attn.out_proj.weight",)),
-    Rule(_L + "self_attention.k_layernorm.{p}", (_H + "self_attn.k_norm.{p}",)),
     # MLP / MoE block
     Rule(_L + "pre_mlp_layernorm.{p}", (_H + "post_attention_layernorm.{p}",), when="mlp_slot"),
     Rule(_L + "mlp.linear_fc1.layer_norm_weight", (_H + "post_attention_layernorm.weight",), when="mlp_fused"),
