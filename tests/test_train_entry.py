@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from slurm_cluster import in_ci  # tests/ is on sys.path (pytest rootdir-relative import)
 
@@ -31,17 +32,27 @@ def _cases():
     return cases
 
 
-@pytest.fixture(scope="module")
-def result():
+def _require_venv():
     if not VENV_PY.exists():
         if in_ci():
             pytest.fail(f"{VENV_PY} is missing under CI: run .ci/mcore019_venv.sh first")
         pytest.skip(f"{VENV_PY} is missing: .ci/mcore019_venv.sh creates it")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([str(VENV_PY), str(ROOT / "tests" / "train_entry_worker.py"), json.dumps(_cases())],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _in_venv(script, *argv, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    proc = subprocess.run([str(VENV_PY), str(ROOT / "tests" / script), *map(str, argv)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def result():
+    _require_venv()
+    stdout = _in_venv("train_entry_worker.py", json.dumps(_cases()))
+    line = next((l for l in stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line, stdout[-3000:]
     return json.loads(line[len("RESULT "):])
 
 
@@ -106,3 +117,35 @@ def test_weight_and_optimizer_memory_agrees_with_megatron(result):
     parameter formula is approximate (e.g. no gated-attention or QK-norm terms), hence 10%."""
     for key, m in result["memory"].items():
         assert abs(m["ours"] - m["megatron"]) <= 0.10 * m["megatron"], (key, m)
+
+
+def test_megatron_training_checkpoints_convert_both_ways(tmp_path):
+    """A checkpoint saved by megatron.training 0.19.2 itself (args inside the torch_dist files,
+    0.19's renamed args, classes this environment's megatron-core lacks) converts to HF with
+    Megatron's logits; ``mgn convert to-megatron`` output loads with megatron.training's own
+    ``load_checkpoint``, with --finetune and as a start point (args checked), to the same logits."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from megatron_gatednorm.convert.to_hf import convert_to_hf
+    from megatron_gatednorm.convert.to_megatron import convert_to_megatron
+
+    _require_venv()
+    saved, hf, back = tmp_path / "saved", tmp_path / "hf", tmp_path / "back"
+    _in_venv("megatron_checkpoint_worker.py", "save", saved, tmp_path / "saved.json", cwd=tmp_path)
+    ref = json.loads((tmp_path / "saved.json").read_text())
+    assert not (saved / "iter_0000007" / "common.pt").exists()  # 0.19 keeps args in the torch_dist files
+    assert convert_to_hf(saved, hf, progress=False) == "GatedNormForCausalLM"
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["zero_centered_gamma"] is True and cfg["norm_variant"] == "gatednorm"  # 0.19's renamed args
+    model = AutoModelForCausalLM.from_pretrained(hf, trust_remote_code=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor(ref["tokens"])).logits
+    expected = torch.tensor(ref["logits"])
+    assert float((logits - expected).abs().max()) < 1e-5 * max(1.0, float(expected.abs().max()))
+    convert_to_megatron(hf, back)
+    for mode in ("finetune", "resume"):
+        _in_venv("megatron_checkpoint_worker.py", mode, back, tmp_path / f"{mode}.json", cwd=tmp_path)
+        loaded = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert loaded["iteration"] == 0, mode
+        assert float((torch.tensor(loaded["logits"]) - expected).abs().max()) < 1e-6, mode

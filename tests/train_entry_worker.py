@@ -6,38 +6,15 @@ plugin's ``extra_args_provider``, runs ``validate_args``, and builds the tiny mo
 import contextlib
 import io
 import json
-import os
 import sys
-import typing
 
-import typing_extensions
-
-if not hasattr(typing, "override"):  # megatron.training 0.19 imports typing.override (Python 3.12+)
-    typing.override = typing_extensions.override
+from mcore019_setup import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
 
 from megatron_gatednorm.commands.launch import build  # noqa: E402
 from megatron_gatednorm.launch.argv import megatron_argv  # noqa: E402
-from megatron_gatednorm.train_args import add_train_args  # noqa: E402
 
 CASES = json.loads(sys.argv[1])
 out = {"parsed": {}, "errors": {}}
-
-
-def parse(argv, world_size, validate):
-    from megatron.training.arguments import parse_args, validate_args
-
-    sys.argv = ["pretrain_gpt.py"] + argv
-    os.environ.update(RANK="0", WORLD_SIZE=str(world_size), LOCAL_RANK="0")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            args = parse_args(extra_args_provider=add_train_args)
-            if validate:
-                validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
-        except SystemExit as e:
-            raise RuntimeError(f"argparse exit {e.code}: {err.getvalue().strip()[-600:]}") from None
-    return args
-
 
 from megatron_gatednorm.args import norm_config_from_args  # noqa: E402
 
@@ -78,21 +55,10 @@ from megatron.training import pretrain  # noqa: E402
 from megatron.training.global_vars import set_args  # noqa: E402
 
 import megatron_gatednorm.train as train  # noqa: E402
-from megatron_gatednorm.model import init_distributed  # noqa: E402
 from megatron_gatednorm.parity import count_params  # noqa: E402
 
 out["pretrain_call_style"] = train.pretrain_call_style(pretrain)
-import socket  # noqa: E402
-
-with socket.socket() as sock:  # a free local port for the 1-process gloo group
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-init_distributed()
-# Megatron-LM's CPU-only switches (fusions need CUDA/TE), written as recipe keys named after the flags.
-CPU_FLAGS = [f"megatron.{k}=true" for k in (
-    "no_rope_fusion", "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_swiglu_fusion",
-    "no_bias_dropout_fusion", "no_persist_layer_norm", "use_cpu_initialization")]
+init_single_process()
 models = {}
 for name, extra in (("gatednorm", []), ("glu", ["gatednorm.ffn_activation=glu"])):
     plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
@@ -121,11 +87,7 @@ from megatron_gatednorm.args import add_gatednorm_args  # noqa: E402
 
 plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
                          "megatron.spec=[megatron_gatednorm.specs, gatednorm_block_spec_from_args]"] + CPU_FLAGS, 1)
-sys.argv = ["pretrain_gpt.py"] + megatron_argv(plan)
-with contextlib.redirect_stdout(io.StringIO()):
-    args = __import__("megatron.training.arguments", fromlist=["x"]).parse_args(
-        extra_args_provider=add_gatednorm_args)
-    __import__("megatron.training.arguments", fromlist=["x"]).validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
+args = parse(megatron_argv(plan), 1, True, extra_args_provider=add_gatednorm_args)
 args.padded_vocab_size = plan.derived["padded_vocab_size"]
 set_args(args)
 model_cfg = gpt_config_from_args(args)

@@ -1,7 +1,7 @@
 """Loading a checkpoint as a Hugging Face model, and what the analysis tools run on it:
 perplexity over fixed windows and the outlier statistics of :mod:`.outliers`.
 
-A Megatron checkpoint folder (it has ``latest_checkpointed_iteration.txt`` or ``common.pt``) is
+A Megatron checkpoint folder (it has ``latest_checkpointed_iteration.txt``, or is an iteration dir) is
 converted to a temporary HF folder first (``mgn convert to-hf``), so both tools always analyse
 the exported model — the artefact users evaluate and serve.
 """
@@ -22,7 +22,7 @@ from megatron_gatednorm.ops import reference
 
 def is_megatron_checkpoint(path) -> bool:
     p = Path(path)
-    return (p / "latest_checkpointed_iteration.txt").exists() or (p / "common.pt").exists()
+    return any((p / name).exists() for name in ("latest_checkpointed_iteration.txt", "common.pt", ".metadata"))
 
 
 @contextlib.contextmanager

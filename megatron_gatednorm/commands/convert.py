@@ -25,12 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--overwrite", action="store_true")
     h.add_argument("--no-progress", action="store_true")
     m = sub.add_parser("to-megatron", help="HF folder -> Megatron-LM torch_dist checkpoint")
-    m.add_argument("--hf", required=True, help="HF folder (Qwen3, Qwen3-MoE, Llama or GatedNorm)")
+    m.add_argument("--hf", required=True, help="HF folder (Qwen3, Qwen3-MoE, Qwen3-Next, Llama or GatedNorm)")
     m.add_argument("--out", required=True, help="output Megatron save dir (must not exist unless --overwrite)")
     m.add_argument("--tp", type=int, default=1, help="tensor_model_parallel_size saved in args")
     m.add_argument("--pp", type=int, default=1, help="pipeline_model_parallel_size saved in args")
     m.add_argument("--ep", type=int, default=1, help="expert_model_parallel_size saved in args")
     m.add_argument("--vocab-size", type=int, default=None, help="unpadded tokenizer vocab size for args (default: the padded size)")
+    m.add_argument("--tokenizer-type", default=None,
+                   help="Megatron's --tokenizer-type recorded in args (megatron.training compares it when "
+                        "resuming without --finetune from a vocab-file tokenizer)")
     m.add_argument("--overwrite", action="store_true")
 
 
@@ -49,7 +52,7 @@ def run(args) -> int:
 
         arch = convert_to_megatron(
             args.hf, args.out, tp=args.tp, pp=args.pp, ep=args.ep, overwrite=args.overwrite,
-            vocab_size=args.vocab_size,
+            vocab_size=args.vocab_size, tokenizer_type=args.tokenizer_type,
         )
         print(f"wrote {args.out} (norm variant {arch.norm_config.variant}; load with --finetune or --no-load-optim --no-load-rng)")
     return 0

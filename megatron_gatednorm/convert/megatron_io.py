@@ -26,9 +26,11 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
@@ -82,6 +84,7 @@ def megatron_args(
     pipeline_model_parallel_size: int = 1,
     expert_model_parallel_size: int = 1,
     vocab_size: Optional[int] = None,
+    tokenizer_type: Optional[str] = None,
     **extra,
 ) -> argparse.Namespace:
     """The ``args`` Namespace Megatron-LM saves in ``common.pt`` for this model (Megatron's arg
@@ -98,10 +101,16 @@ def megatron_args(
         kv_channels=s.head_dim,
         moe_ffn_hidden_size=(s.moe_ffn_hidden_size or s.ffn_hidden_size) if s.num_experts else None,
         normalization="RMSNorm",
+        # Megatron-LM <= 0.18 names, and 0.19's (which renamed both)
         norm_epsilon=arch.norm_epsilon,
         apply_layernorm_1p=arch.zero_centered_gamma,
+        layernorm_epsilon=arch.norm_epsilon,
+        layernorm_zero_centered_gamma=arch.zero_centered_gamma,
         use_rotary_position_embeddings=s.position_embedding_type == "rope",
-        add_position_embedding=s.position_embedding_type == "learned_absolute",
+        # Megatron-LM's default; position_embedding_type decides. megatron.training compares it
+        # (and tokenizer_type with a vocab file) when loading without --finetune
+        add_position_embedding=True,
+        tokenizer_type=tokenizer_type,
         rotary_base=arch.rotary_base,
         rotary_percent=arch.rotary_percent,
         rotary_interleaved=False,
@@ -145,6 +154,12 @@ _UNSUPPORTED = (
 )
 
 
+def _renamed(args, old: str, new: str):
+    """An arg Megatron-LM 0.19 renamed: the new name if saved, else the old one."""
+    value = getattr(args, new, None)
+    return value if value is not None else getattr(args, old, None)
+
+
 def arch_from_args(args, where: str = "common.pt") -> Arch:
     """Rebuild the architecture from a saved ``args`` Namespace (vocab = padded_vocab_size)."""
     for name in ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size"):
@@ -174,8 +189,8 @@ def arch_from_args(args, where: str = "common.pt") -> Arch:
     return Arch(
         shape=shape,
         norm_config=nc,
-        norm_epsilon=float(getattr(args, "norm_epsilon", 1e-5) or 1e-5),
-        zero_centered_gamma=bool(getattr(args, "apply_layernorm_1p", False)),
+        norm_epsilon=float(_renamed(args, "norm_epsilon", "layernorm_epsilon") or 1e-5),
+        zero_centered_gamma=bool(_renamed(args, "apply_layernorm_1p", "layernorm_zero_centered_gamma")),
         rotary_base=float(getattr(args, "rotary_base", 10000) or 10000),
         rotary_percent=float(getattr(args, "rotary_percent", 1.0) or 1.0),
         moe_router_pre_softmax=bool(getattr(args, "moe_router_pre_softmax", False)),
@@ -216,17 +231,87 @@ def _check_format(path: Path) -> None:
         )
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"{path}: missing .metadata; expected a torch_dist checkpoint")
-    if not (path / "common.pt").is_file():
-        raise CheckpointError(f"{path}: missing common.pt (holds the model's args)")
+
+
+class _Unknown:
+    """Stand-in for a class in saved ``args`` that this environment's megatron-core lacks
+    (e.g. an enum added in a newer release): the converters never read those fields."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__name__} from a newer release: {self.args}>"
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (AttributeError, ImportError):
+            return type(name, (_Unknown,), {"__module__": module})
+
+
+_lenient_pickle = types.ModuleType("mgn_lenient_pickle")
+_lenient_pickle.Unpickler = _LenientUnpickler
+_lenient_pickle.load = lambda f, **kw: _LenientUnpickler(f, **kw).load()
+
+
+def _load_pickled(f):
+    """``torch.load`` of saved args that tolerates classes missing here (other megatron-core)."""
+    return torch.load(f, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle)
+
+
+# megatron-core >= 0.19 stores the common (non-sharded) state, ``args`` included, as this one
+# ShardedObject inside the torch_dist files; older releases wrote it to ``common.pt``
+_COMMON_STATE_KEY = "common_state/shard_0_1"
+
+
+def _read_common_state_object(path: Path):
+    import io
+
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class _RawBytes(DefaultLoadPlanner):  # keep the bytes: DCP's own torch.load is not lenient
+        def load_bytes(self, read_item, value):
+            raw[read_item.dest_index.fqn] = value.read()
+
+    raw = {}
+    reader = FileSystemReader(str(path))
+    try:
+        if _COMMON_STATE_KEY not in reader.read_metadata().state_dict_metadata:
+            raise CheckpointError(
+                f"{path}: no common.pt and no {_COMMON_STATE_KEY!r} in the torch_dist files "
+                "(they hold the model's args); expected a checkpoint saved by Megatron-LM"
+            )
+        dcp_load({_COMMON_STATE_KEY: io.BytesIO()}, storage_reader=reader, planner=_RawBytes(), no_dist=True)
+        loaded = _load_pickled(io.BytesIO(raw[_COMMON_STATE_KEY]))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise assorted errors
+        raise CheckpointError(f"{path}: the common state cannot be read ({type(e).__name__}: {e})") from None
+    return loaded[0] if isinstance(loaded, (list, tuple)) else loaded
 
 
 def read_common(path: Path) -> dict:
-    try:
-        common = torch.load(path / "common.pt", map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"{path / 'common.pt'}: cannot be read ({type(e).__name__}: {e})") from None
+    """The common state (``args``, ``iteration``, ...) of a torch_dist iteration dir, from
+    ``common.pt`` (megatron-core <= 0.18, and :func:`write_checkpoint`) or the torch_dist files."""
+    where = path / "common.pt"
+    if where.is_file():
+        try:
+            common = _load_pickled(where)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise CheckpointError(f"{where}: cannot be read ({type(e).__name__}: {e})") from None
+    else:
+        where = path / f"{_COMMON_STATE_KEY} in .metadata"
+        common = _read_common_state_object(path)
     if not isinstance(common, dict) or "args" not in common:
-        raise CheckpointError(f"{path / 'common.pt'}: no 'args'; expected a checkpoint saved by Megatron-LM")
+        raise CheckpointError(f"{where}: no 'args'; expected a checkpoint saved by Megatron-LM")
     return common
 
 
@@ -244,7 +329,7 @@ def read_checkpoint(load_dir) -> Tuple[Arch, argparse.Namespace, Tensors]:
     path, _ = iteration_dir(load_dir)
     _check_format(path)
     common = read_common(path)
-    arch = arch_from_args(common["args"], where=str(path / "common.pt"))
+    arch = arch_from_args(common["args"], where=str(path))
     reader = FileSystemReader(str(path))
     try:
         metadata = reader.read_metadata()

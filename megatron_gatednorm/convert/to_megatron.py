@@ -65,6 +65,7 @@ def convert_to_megatron(
     ep: int = 1,
     overwrite: bool = False,
     vocab_size: Optional[int] = None,
+    tokenizer_type: Optional[str] = None,
 ) -> Arch:
     out = Path(out)
     if out.exists() and not overwrite:
@@ -75,7 +76,7 @@ def convert_to_megatron(
     megatron = stack(hf_to_megatron(tensors, arch, hf_class), arch)
     args = megatron_args(
         arch, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        expert_model_parallel_size=ep, vocab_size=vocab_size,
+        expert_model_parallel_size=ep, vocab_size=vocab_size, tokenizer_type=tokenizer_type,
     )
     with atomic_output_dir(out, overwrite) as tmp:
         write_checkpoint(megatron, args, tmp)

@@ -1,0 +1,50 @@
+"""Shared by the workers that run inside .venv-mcore019 (megatron-core 0.19.2 with its real
+``megatron.training``): Python 3.11 compatibility, Megatron-LM's own argument parsing, a
+1-process gloo group, and the recipe keys that switch off Megatron's CUDA-only fusions."""
+
+import contextlib
+import io
+import os
+import socket
+import sys
+import typing
+
+import typing_extensions
+
+if not hasattr(typing, "override"):  # megatron.training 0.19 imports typing.override (Python 3.12+)
+    typing.override = typing_extensions.override
+
+# Megatron-LM's CPU-only switches (fusions need CUDA/TE), written as recipe keys named after the flags.
+CPU_FLAGS = [f"megatron.{k}=true" for k in (
+    "no_rope_fusion", "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_swiglu_fusion",
+    "no_bias_dropout_fusion", "no_persist_layer_norm", "use_cpu_initialization")]
+
+
+def parse(argv, world_size, validate, extra_args_provider=None):
+    """Megatron-LM's ``parse_args`` (+ ``validate_args``) on ``argv``; argparse exits become errors."""
+    from megatron.training.arguments import parse_args, validate_args
+
+    from megatron_gatednorm.train_args import add_train_args
+
+    sys.argv = ["pretrain_gpt.py"] + argv
+    os.environ.update(RANK="0", WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            args = parse_args(extra_args_provider=extra_args_provider or add_train_args)
+            if validate:
+                validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
+        except SystemExit as e:
+            raise RuntimeError(f"argparse exit {e.code}: {err.getvalue().strip()[-600:]}") from None
+    return args
+
+
+def init_single_process():
+    """A 1-process gloo group on a free local port, plus Megatron's parallel state (CPU shim)."""
+    from megatron_gatednorm.model import init_distributed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init_distributed()

@@ -1,0 +1,64 @@
+"""Run by tests/test_train_entry.py inside .venv-mcore019: megatron.training's own checkpoint
+code around ``mgn convert``. The tiny GatedNorm recipe in fp32 with zero-centred gamma is built
+through ``megatron_gatednorm.train.model_provider`` from Megatron-LM's parsed args.
+
+``save DIR OUT``: move every weight off its initial value and save with
+``megatron.training.checkpointing.save_checkpoint`` (iteration 7, no optimizer/RNG);
+``finetune DIR OUT`` / ``resume DIR OUT``: build a model from another seed and load DIR with
+``load_checkpoint``, as ``--finetune`` does and as a start point without it (the checkpoint's args
+are then checked against the run's). Writes the logits on fixed tokens (and the loaded
+iteration) as JSON to OUT."""
+
+import json
+import sys
+import zlib
+
+from mcore019_setup import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
+
+TOKENS, VOCAB = 16, 256
+
+
+def main():
+    mode, ckpt, out_path = sys.argv[1:4]
+    import torch
+    from megatron.core.num_microbatches_calculator import init_num_microbatches_calculator
+    from megatron.training import checkpointing
+    from megatron.training.global_vars import set_args
+
+    import megatron_gatednorm.train as train
+    from megatron_gatednorm.commands.launch import build
+    from megatron_gatednorm.launch.argv import megatron_argv
+
+    init_single_process()
+    plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
+                             f"launch.run_dir={ckpt}.run", "megatron.bf16=false",
+                             "megatron.apply_layernorm_1p=true"] + CPU_FLAGS, 1)
+    args = parse(megatron_argv(plan), 1, True)
+    args.padded_vocab_size = plan.derived["padded_vocab_size"]
+    args.save = args.load = ckpt
+    args.no_save_optim = args.no_save_rng = args.no_load_optim = args.no_load_rng = True
+    args.finetune = mode == "finetune"
+    args.async_save = False
+    set_args(args)
+    init_num_microbatches_calculator(0, None, args.global_batch_size, args.micro_batch_size, args.data_parallel_size)
+    torch.manual_seed(1 if mode == "save" else 2)
+    model = train.model_provider(pre_process=True, post_process=True)
+    model.eval()
+    if mode == "save":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+        checkpointing.save_checkpoint(7, [model], None, None, 0)
+        iteration = 7
+    else:
+        iteration, _ = checkpointing.load_checkpoint([model], None, None)
+    tokens = (torch.arange(TOKENS) * 7 % VOCAB).unsqueeze(0)
+    with torch.no_grad():
+        logits = model(tokens, torch.arange(TOKENS).unsqueeze(0), None)
+    with open(out_path, "w") as f:
+        json.dump(dict(logits=logits.tolist(), iteration=iteration, tokens=tokens.tolist()), f)
+
+
+if __name__ == "__main__":  # the checkpoint writer's helper processes re-import this module
+    main()
