@@ -298,5 +298,23 @@ def test_bad_input_errors(saved, converted, work, capsys):
         f.unlink()
     _expect_error(capsys, to_meg(shard_gone), "missing", leftovers_in=outs)
     _expect_error(capsys, to_meg(work / "nohf"), "no config.json", leftovers_in=outs)
+    # a released Qwen3-Next folder's MTP head: named on stderr, not converted, nothing else changes
+    from safetensors.torch import save_file
+
+    mtp = work / "with-mtp"
+    shutil.copytree(converted["next_qwen3/tp2"][0], mtp)
+    save_file({"mtp.fc.weight": torch.ones(2, 2)}, str(mtp / "mtp.safetensors"))
+    index = json.loads((mtp / "model.safetensors.index.json").read_text())
+    index["weight_map"]["mtp.fc.weight"] = "mtp.safetensors"
+    (mtp / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert _mgn("convert", "to-megatron", "--hf", mtp, "--out", work / "mtp-megatron") == 0
+    assert "not converting 1 tensors of Qwen3-Next's multi-token-prediction head" in capsys.readouterr().err
+    from megatron_gatednorm.convert.megatron_io import read_checkpoint
+    from megatron_gatednorm.convert.to_megatron import convert_to_megatron
+
+    convert_to_megatron(converted["next_qwen3/tp2"][0], work / "mtp-plain")
+    _, _, with_mtp = read_checkpoint(work / "mtp-megatron")
+    _, _, plain = read_checkpoint(work / "mtp-plain")
+    assert sorted(with_mtp) == sorted(plain) and all(torch.equal(with_mtp[k], plain[k]) for k in plain)
     _expect_error(capsys, (*to_meg(converted["qwen3/tp2"][0]), "--tp", 3), "--tp=3", "not divisible",
                   leftovers_in=outs)

@@ -7,6 +7,7 @@ saved ``args`` (checked for divisibility here); Megatron loads the tensors at an
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +55,14 @@ def read_hf(hf_dir) -> tuple:
         raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
     arch = hf_io.arch_from_hf_config(cfg, where=str(config_path))
     tensors = hf_io.unfuse_experts(hf_io.read_safetensors(folder))
+    if cfg["model_type"] == "qwen3_next":
+        # released Qwen3-Next folders carry a multi-token-prediction head that transformers'
+        # class ignores too; the Megatron GPT model built here has none
+        mtp = sorted(k for k in tensors if k.startswith("mtp."))
+        if mtp:
+            print(f"to-megatron: not converting {len(mtp)} tensors of Qwen3-Next's multi-token-prediction "
+                  f"head (mtp.*, e.g. {mtp[0]}): the Megatron model has no MTP layers", file=sys.stderr)
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("mtp.")}
     return arch, hf_io.hf_class_of(cfg), tensors
 
 
