@@ -6,10 +6,12 @@ through ``megatron_gatednorm.train.model_provider`` from Megatron-LM's parsed ar
 ``megatron.training.checkpointing.save_checkpoint`` (iteration 7, no optimizer/RNG);
 ``finetune DIR OUT`` / ``resume DIR OUT``: build a model from another seed and load DIR with
 ``load_checkpoint``, as ``--finetune`` does and as a start point without it (the checkpoint's args
-are then checked against the run's). Writes the logits on fixed tokens (and the loaded
-iteration) as JSON to OUT."""
+are then checked against the run's). Under ``torchrun --nproc-per-node 2`` the model is built and
+loaded at TP=2. Rank 0 writes the (gathered) logits on fixed tokens and the loaded iteration as
+JSON to OUT."""
 
 import json
+import os
 import sys
 import zlib
 
@@ -21,7 +23,10 @@ TOKENS, VOCAB = 16, 256
 def main():
     mode, ckpt, out_path = sys.argv[1:4]
     import torch
+    import torch.distributed as dist
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
     from megatron.core.num_microbatches_calculator import init_num_microbatches_calculator
+    from megatron.training import arguments as megatron_arguments
     from megatron.training import checkpointing
     from megatron.training.global_vars import set_args
 
@@ -29,11 +34,23 @@ def main():
     from megatron_gatednorm.commands.launch import build
     from megatron_gatednorm.launch.argv import megatron_argv
 
-    init_single_process()
+    tp = int(os.environ.get("WORLD_SIZE", "1"))
+    if "RANK" in os.environ:  # torchrun: the whole world is one tensor-parallel group
+        from megatron_gatednorm.model import init_distributed
+
+        init_distributed(tensor_model_parallel_size=tp)
+    else:
+        init_single_process()
+    rank_env = {k: os.environ[k] for k in ("RANK", "LOCAL_RANK") if k in os.environ}
     plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
                              f"launch.run_dir={ckpt}.run", "megatron.bf16=false",
                              "megatron.apply_layernorm_1p=true"] + CPU_FLAGS, 1)
-    args = parse(megatron_argv(plan), 1, True)
+    # validate_args reads the GPU's compute capability for TP > 1 (a CUDA_DEVICE_MAX_CONNECTIONS
+    # hint, which Blackwell does not need); there is no GPU here
+    megatron_arguments.get_device_arch_version = lambda: 10
+    args = parse(megatron_argv(plan) + ["--tensor-model-parallel-size", str(tp)], tp, True)
+    os.environ.update(rank_env)  # parse() poses as rank 0
+    args.rank = dist.get_rank()
     args.padded_vocab_size = plan.derived["padded_vocab_size"]
     args.save = args.load = ckpt
     args.no_save_optim = args.no_save_rng = args.no_load_optim = args.no_load_rng = True
@@ -55,9 +72,10 @@ def main():
         iteration, _ = checkpointing.load_checkpoint([model], None, None)
     tokens = (torch.arange(TOKENS) * 7 % VOCAB).unsqueeze(0)
     with torch.no_grad():
-        logits = model(tokens, torch.arange(TOKENS).unsqueeze(0), None)
-    with open(out_path, "w") as f:
-        json.dump(dict(logits=logits.tolist(), iteration=iteration, tokens=tokens.tolist()), f)
+        logits = gather_from_tensor_model_parallel_region(model(tokens, torch.arange(TOKENS).unsqueeze(0), None))
+    if dist.get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump(dict(logits=logits.tolist(), iteration=iteration, tokens=tokens.tolist(), tp=tp), f)
 
 
 if __name__ == "__main__":  # the checkpoint writer's helper processes re-import this module

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from slurm_cluster import in_ci  # tests/ is on sys.path (pytest rootdir-relative import)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +40,11 @@ def _require_venv():
         pytest.skip(f"{VENV_PY} is missing: .ci/mcore019_venv.sh creates it")
 
 
-def _in_venv(script, *argv, cwd=ROOT):
+def _in_venv(script, *argv, cwd=ROOT, nproc=0):
+    """Run tests/<script> with the venv's Python (under torchrun with ``nproc`` processes)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.run([str(VENV_PY), str(ROOT / "tests" / script), *map(str, argv)],
+    launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
+    proc = subprocess.run([str(VENV_PY), *(launcher if nproc else []), str(ROOT / "tests" / script), *map(str, argv)],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -122,8 +125,9 @@ def test_weight_and_optimizer_memory_agrees_with_megatron(result):
 def test_megatron_training_checkpoints_convert_both_ways(tmp_path):
     """A checkpoint saved by megatron.training 0.19.2 itself (args inside the torch_dist files,
     0.19's renamed args, classes this environment's megatron-core lacks) converts to HF with
-    Megatron's logits; ``mgn convert to-megatron`` output loads with megatron.training's own
-    ``load_checkpoint``, with --finetune and as a start point (args checked), to the same logits."""
+    Megatron's logits; ``mgn convert to-megatron --tp 2`` output loads with megatron.training's own
+    ``load_checkpoint`` with --finetune and as a start point (args checked) at TP=1, and as a
+    start point at TP=2 (2 processes), to the same logits."""
     pytest.importorskip("transformers")
     from transformers import AutoModelForCausalLM
 
@@ -143,9 +147,11 @@ def test_megatron_training_checkpoints_convert_both_ways(tmp_path):
         logits = model(torch.tensor(ref["tokens"])).logits
     expected = torch.tensor(ref["logits"])
     assert float((logits - expected).abs().max()) < 1e-5 * max(1.0, float(expected.abs().max()))
-    convert_to_megatron(hf, back)
-    for mode in ("finetune", "resume"):
-        _in_venv("megatron_checkpoint_worker.py", mode, back, tmp_path / f"{mode}.json", cwd=tmp_path)
-        loaded = json.loads((tmp_path / f"{mode}.json").read_text())
-        assert loaded["iteration"] == 0, mode
-        assert float((torch.tensor(loaded["logits"]) - expected).abs().max()) < 1e-6, mode
+    convert_to_megatron(hf, back, tp=2)
+    for mode, nproc in (("finetune", 0), ("resume", 0), ("resume", 2)):
+        out = tmp_path / f"{mode}-{nproc}.json"
+        _in_venv("megatron_checkpoint_worker.py", mode, back, out, cwd=tmp_path, nproc=nproc)
+        loaded = json.loads(out.read_text())
+        assert loaded["iteration"] == 0 and loaded["tp"] == max(nproc, 1), (mode, nproc)
+        diff = float((torch.tensor(loaded["logits"]) - expected).abs().max())
+        assert diff < (1e-6 if nproc == 0 else 1e-5 * float(expected.abs().max())), (mode, nproc, diff)
