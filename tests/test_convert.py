@@ -39,6 +39,8 @@ def _same(case, key, a, b):
     if STOCK.get(case) == "Qwen3NextForCausalLM" and key.endswith(SHIFTED):
         return a.dtype == b.dtype and float((a - b).abs().max()) <= ULP_OF_ONE
     return a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes()
+
+
 LOGITS_ATOL = 1e-4
 FP32_TIGHT = 1e-5
 

@@ -8,6 +8,9 @@ Layout (what Megatron-LM writes and ``--load`` reads)::
     <dir>/iter_0000000/.metadata, __*_*.distcp   # torch_dist tensors under their ShardedTensor keys
     <dir>/iter_0000000/metadata.json
 
+(megatron-core >= 0.19 writes no common.pt: the same dict is the ``common_state`` object inside
+the torch_dist files; both are read, :func:`write_checkpoint` writes common.pt, which 0.19 reads.)
+
 torch_dist tensors are stored once at their global (unsharded) shape, so reading needs no
 process group and no model (``torch.distributed.checkpoint`` with the file's metadata), and a
 checkpoint written from one process loads at any TP/PP/EP. Decoder tensors of homogeneous
