@@ -44,4 +44,9 @@ def test_end_to_end(tiny_data, tmp_path):
     q = json.loads(result.read_text())
     assert set(q["perplexity"]) == {"baseline", "nvfp4", "nvfp4+sq", "int8"}
     assert q["perplexity"]["baseline"] > 1
-    assert abs(q["delta"]["int8"]) < abs(q["delta"]["nvfp4"]) + 1.0  # 8-bit hurts less than 4-bit
+    base = q["perplexity"]["baseline"]
+    assert q["delta"]["nvfp4"] != 0  # W4A4 fake quantization took effect
+    # not broken: W4A4 moves perplexity by < 1% (measured ~0.06% on this barely trained model)
+    assert max(abs(q["delta"][s]) for s in ("nvfp4", "nvfp4+sq")) < 0.01 * base
+    # INT8's steps (~1/127 of a row's max) are far finer than E2M1's (~1/6 of a block's max)
+    assert abs(q["delta"]["int8"]) < 0.1 * abs(q["delta"]["nvfp4"])  # measured ratio ~0.03

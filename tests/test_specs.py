@@ -90,10 +90,13 @@ def test_residual_clip_bounds_the_residual_stream():
 
 
 def test_pipeline_stage_slicing():
-    config = config_of(TINY, pipeline_model_parallel_size=2)
+    """Each stage gets its own layers: MoE layers 0-1 on stage 0, dense layers 2-3 on stage 1."""
+    shape = TINY.replace(num_experts=4, moe_ffn_hidden_size=32, moe_layer_freq=[1, 1, 0, 0])
+    config = config_of(shape, pipeline_model_parallel_size=2)
     stage1 = specs.get_gatednorm_block_spec(config, use_transformer_engine=False, pp_rank=1)
     stage0 = specs.get_gatednorm_block_spec(config, use_transformer_engine=False, pp_rank=0)
-    assert len(stage0.layer_specs) == len(stage1.layer_specs) == 2
+    kinds = [[module_of(spec.submodules.mlp).__name__ for spec in stage.layer_specs] for stage in (stage0, stage1)]
+    assert kinds == [["MoELayer", "MoELayer"], ["MLP", "MLP"]]
 
 
 def test_transformer_engine_backend_unavailable_is_a_clear_error():
