@@ -24,22 +24,22 @@ are dense parameters, reduced over data/context/expert-data parallel ranks like 
 Random initialisation uses ``config.init_method`` on the default generator, which Megatron
 seeds identically on all tensor-parallel ranks, so replicas start bit-identical.
 
-Implementation path: each forward picks the fused Triton kernels or the eager reference via
-:func:`megatron_gatednorm.ops.dispatch.choose_impl` (``MGN_NORM_IMPL=auto|eager|fused``),
-records it in ``module.impl_decision`` and logs each distinct (class, width, decision) once,
+Implementation path: each module picks the fused Triton kernels or the eager reference via
+:func:`megatron_gatednorm.ops.dispatch.choose_impl` (``MGN_NORM_IMPL=auto|eager|fused``) once per
+(request, input device/dtype/width), records it in ``module.impl_decision`` and logs each distinct (class, width, decision) once,
 e.g. ``fused: cuda input, triton <version>`` or ``eager: gate_activation=tanh not fused``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from megatron_gatednorm.config import DEFAULTS, VARIANTS, NormConfig, choice_error
 from megatron_gatednorm.ops import dispatch, reference
-from megatron_gatednorm.ops._triton_utils import kernel_module
+from megatron_gatednorm.ops._triton_utils import interpreting, kernel_module
 
 logger = logging.getLogger(__name__)
 _LOGGED_DECISIONS = set()
@@ -89,6 +89,7 @@ class _ResidualNorm(torch.nn.Module):
         self.granularity = nc.granularity
         self._sequence_parallel = bool(getattr(config, "sequence_parallel", False))
         self.impl_decision: Optional[dispatch.ImplDecision] = None
+        self._decisions: Dict[tuple, dispatch.ImplDecision] = {}
         self._factory = dict(device=_param_device(config), dtype=config.params_dtype)
         init_random = getattr(config, "perform_initialization", True)
         init_method = config.init_method
@@ -122,10 +123,15 @@ class _ResidualNorm(torch.nn.Module):
         )
 
     def _choose_impl(self, x: torch.Tensor) -> dispatch.ImplDecision:
-        decision = dispatch.choose_impl(
-            x, dyt=self._dyt, gated=self._gated, gate_activation=self.gate_activation,
-            granularity=self.granularity, rank=self.gate_down.shape[0] if self._gated else 0,
-        )
+        # Only the request, the interpreter switch and the input's device/dtype/width can change
+        # the answer for this module: decide once per combination, not on every forward.
+        key = (dispatch.requested_impl(), interpreting(), x.device.type, x.dtype, x.shape[-1])
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self._decisions[key] = dispatch.choose_impl(
+                x, dyt=self._dyt, gated=self._gated, gate_activation=self.gate_activation,
+                granularity=self.granularity, rank=self.gate_down.shape[0] if self._gated else 0,
+            )
         if decision != self.impl_decision:
             self.impl_decision = decision
             name = type(self).__name__
