@@ -29,11 +29,11 @@ from megatron_gatednorm.parity import ModelShape
 
 HF_CODE_DIR = Path(__file__).resolve().parent.parent / "hf"
 HF_CODE_FILES = ("configuration_gatednorm.py", "modeling_gatednorm.py")
-SUPPORTED_MODEL_TYPES = ("qwen3", "llama", "qwen3_moe", "qwen3_next", "gatednorm")
 _CLASS_OF_MODEL_TYPE = {
     "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
     "qwen3_next": "Qwen3NextForCausalLM", "gatednorm": "GatedNormForCausalLM",
 }
+SUPPORTED_MODEL_TYPES = tuple(_CLASS_OF_MODEL_TYPE)
 # Gated DeltaNet sizes: the same names in Megatron, Qwen3-Next and the exported architecture
 _LINEAR_FIELDS = ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
                   "linear_num_key_heads", "linear_num_value_heads")
@@ -174,6 +174,13 @@ def arch_from_hf_config(cfg: dict, where: str = "config.json") -> Arch:
             f"{where}: unsupported architecture model_type={model_type!r} "
             f"(architectures={cfg.get('architectures')}); supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    if model_type == "gatednorm":  # the exported config class holds its defaults and checks
+        from megatron_gatednorm.hf.configuration_gatednorm import GatedNormConfig
+
+        try:
+            cfg = GatedNormConfig(**cfg).to_dict()
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: {e}") from None
     for key, ok in (
         ("attention_bias", False), ("mlp_bias", False), ("use_sliding_window", False),
     ):

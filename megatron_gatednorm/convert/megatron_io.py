@@ -9,7 +9,8 @@ Layout (what Megatron-LM writes and ``--load`` reads)::
     <dir>/iter_0000000/metadata.json
 
 (megatron-core >= 0.19 writes no common.pt: the same dict is the ``common_state`` object inside
-the torch_dist files; both are read, :func:`write_checkpoint` writes common.pt, which 0.19 reads.)
+the torch_dist files; both are read, and :func:`write_checkpoint` writes whichever the installed
+megatron-core writes.)
 
 torch_dist tensors are stored once at their global (unsharded) shape, so reading needs no
 process group and no model (``torch.distributed.checkpoint`` with the file's metadata), and a
@@ -41,7 +42,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 
 from megatron_gatednorm.args import norm_config_dests, norm_config_from_args
-from megatron_gatednorm.checkpoint import CHECKPOINT_VERSION, TRACKER, iteration_path
+from megatron_gatednorm.checkpoint import TRACKER, commit, iteration_path, save_sharded
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.cpu_shim import cuda_calls_on_cpu
 from megatron_gatednorm.parity import ModelShape
@@ -153,7 +154,6 @@ _UNSUPPORTED = (
     ("moe_router_enable_expert_bias", lambda v: not v, "False"),
     ("moe_router_num_groups", lambda v: not v, "unset (no group-limited routing)"),
     ("experimental_attention_variant", lambda v: v in (None, "gated_delta_net"), "unset or 'gated_delta_net'"),
-    ("position_embedding_type", lambda v: v != "mrope", "'rope'"),
 )
 
 
@@ -273,7 +273,17 @@ def _load_pickled(f):
 _COMMON_STATE_KEY = "common_state/shard_0_1"
 
 
-def _read_common_state_object(path: Path):
+def _metadata(path: Path):
+    """The torch_dist ``.metadata`` of an iteration dir (one read)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        return FileSystemReader(str(path)).read_metadata()
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path / '.metadata'}: cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _read_common_state_object(path: Path, metadata):
     import io
 
     from torch.distributed.checkpoint import FileSystemReader
@@ -284,26 +294,25 @@ def _read_common_state_object(path: Path):
         def load_bytes(self, read_item, value):
             raw[read_item.dest_index.fqn] = value.read()
 
+    if _COMMON_STATE_KEY not in metadata.state_dict_metadata:
+        raise CheckpointError(
+            f"{path}: no common.pt and no {_COMMON_STATE_KEY!r} in the torch_dist files "
+            "(they hold the model's args); expected a checkpoint saved by Megatron-LM"
+        )
     raw = {}
-    reader = FileSystemReader(str(path))
     try:
-        if _COMMON_STATE_KEY not in reader.read_metadata().state_dict_metadata:
-            raise CheckpointError(
-                f"{path}: no common.pt and no {_COMMON_STATE_KEY!r} in the torch_dist files "
-                "(they hold the model's args); expected a checkpoint saved by Megatron-LM"
-            )
-        dcp_load({_COMMON_STATE_KEY: io.BytesIO()}, storage_reader=reader, planner=_RawBytes(), no_dist=True)
+        dcp_load({_COMMON_STATE_KEY: io.BytesIO()}, storage_reader=FileSystemReader(str(path)),
+                 planner=_RawBytes(), no_dist=True)
         loaded = _load_pickled(io.BytesIO(raw[_COMMON_STATE_KEY]))
-    except CheckpointError:
-        raise
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise assorted errors
         raise CheckpointError(f"{path}: the common state cannot be read ({type(e).__name__}: {e})") from None
     return loaded[0] if isinstance(loaded, (list, tuple)) else loaded
 
 
-def read_common(path: Path) -> dict:
+def read_common(path: Path, metadata=None) -> dict:
     """The common state (``args``, ``iteration``, ...) of a torch_dist iteration dir, from
-    ``common.pt`` (megatron-core <= 0.18, and :func:`write_checkpoint`) or the torch_dist files."""
+    ``common.pt`` (megatron-core <= 0.18, and :func:`write_checkpoint` there) or the torch_dist
+    files (``metadata``: their already read ``.metadata``, if the caller has it)."""
     where = path / "common.pt"
     if where.is_file():
         try:
@@ -312,7 +321,7 @@ def read_common(path: Path) -> dict:
             raise CheckpointError(f"{where}: cannot be read ({type(e).__name__}: {e})") from None
     else:
         where = path / f"{_COMMON_STATE_KEY} in .metadata"
-        common = _read_common_state_object(path)
+        common = _read_common_state_object(path, metadata if metadata is not None else _metadata(path))
     if not isinstance(common, dict) or "args" not in common:
         raise CheckpointError(f"{where}: no 'args'; expected a checkpoint saved by Megatron-LM")
     return common
@@ -331,13 +340,9 @@ def read_checkpoint(load_dir) -> Tuple[Arch, argparse.Namespace, Tensors]:
 
     path, _ = iteration_dir(load_dir)
     _check_format(path)
-    common = read_common(path)
+    metadata = _metadata(path)
+    common = read_common(path, metadata)
     arch = arch_from_args(common["args"], where=str(path))
-    reader = FileSystemReader(str(path))
-    try:
-        metadata = reader.read_metadata()
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path / '.metadata'}: cannot be read ({type(e).__name__}: {e})") from None
     tensors = {
         key: torch.empty(md.size, dtype=md.properties.dtype)
         for key, md in metadata.state_dict_metadata.items()
@@ -350,7 +355,7 @@ def read_checkpoint(load_dir) -> Tuple[Arch, argparse.Namespace, Tensors]:
     if missing:
         raise CheckpointError(f"{path}: shard file(s) missing: {', '.join(missing)}")
     try:
-        dcp_load(tensors, storage_reader=reader, no_dist=True)
+        dcp_load(tensors, storage_reader=FileSystemReader(str(path)), no_dist=True)
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - truncated/corrupt shards raise assorted errors
         msg = str(e).strip().splitlines()
         raise CheckpointError(
@@ -514,26 +519,19 @@ def _process_group() -> Iterator[None]:
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
-def _common_state(args, iteration: int) -> dict:
-    return dict(args=args, iteration=iteration, checkpoint_version=CHECKPOINT_VERSION)
-
-
 def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, iteration: int = 0) -> None:
     """Write global tensors (dist-ckpt keys) as a Megatron-LM torch_dist checkpoint into the
     existing empty folder ``out_dir``, from this single process."""
-    from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
 
-    iter_dir = iteration_path(out_dir, iteration)
-    iter_dir.mkdir(parents=True)
-    model = {
+    sharded = {
         key: ShardedTensor.from_rank_offsets(key, t.contiguous(), replica_id=0)
         for key, t in sorted(tensors.items())
     }
-    model.update(_linear_extra_states(tensors))
+    sharded.update(_linear_extra_states(tensors))
     with _process_group(), cuda_calls_on_cpu():
-        dist_checkpointing.save(dict(model=model, **_common_state(args, iteration)), str(iter_dir))
-    (Path(out_dir) / TRACKER).write_text(str(iteration))
+        save_sharded(out_dir, iteration, sharded, args)
+        commit(out_dir, iteration)
 
 
 _LINEAR = re.compile(
@@ -563,12 +561,11 @@ def _linear_extra_states(tensors: Tensors) -> dict:
     return out
 
 
-def load_megatron_checkpoint(model, load_dir) -> argparse.Namespace:
-    """Load a Megatron-LM torch_dist checkpoint into a live model (any layout); returns args."""
+def load_megatron_checkpoint(model, load_dir) -> None:
+    """Load a Megatron-LM torch_dist checkpoint into a live model (any layout)."""
     from megatron.core import dist_checkpointing
 
     path, _ = iteration_dir(load_dir)
     _check_format(path)
     state = dist_checkpointing.load(dict(model=model.sharded_state_dict()), str(path))
     model.load_state_dict(state["model"])
-    return read_common(path)["args"]
