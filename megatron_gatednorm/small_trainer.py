@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -178,21 +177,22 @@ def _param_groups(model, weight_decay: float):
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
-def _clip_grad_norm(model, max_norm: float) -> float:
-    """Global grad norm over the model-parallel group (TP duplicates counted once), clipped."""
+def _clip_grad_norm(model, max_norm: float, device) -> float:
+    """Global grad norm over the model-parallel group (TP duplicates counted once), clipped.
+    The sums stay on ``device`` (NCCL reduces only CUDA tensors; one host sync in all)."""
     import torch
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
-    squares = torch.zeros(2, dtype=torch.float64)  # [dense, expert]
+    squares = torch.zeros(2, dtype=torch.float64, device=device)  # [dense, expert]
     grads = []
     for p in model.parameters():
         if p.grad is None:
             continue
         grads.append(p.grad)
         if param_is_not_tensor_parallel_duplicate(p):
-            squares[0 if getattr(p, "allreduce", True) else 1] += float(p.grad.double().pow(2).sum())
+            squares[0 if getattr(p, "allreduce", True) else 1] += p.grad.double().pow(2).sum()
     dist.all_reduce(squares[:1], group=parallel_state.get_model_parallel_group())
     dist.all_reduce(squares[1:], group=parallel_state.get_expert_tensor_model_pipeline_parallel_group())
     norm = float(squares.sum().sqrt())
@@ -212,11 +212,11 @@ class _SignalFlag:
     def _handle(self, signum, frame):
         self.received = signum
 
-    def any_rank(self) -> bool:
+    def any_rank(self, device) -> bool:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1.0 if self.received is not None else 0.0])
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -364,11 +364,11 @@ def train(argv: Optional[List[str]] = None) -> dict:
         if valid_ds is None or args.eval_iters == 0:
             return
         model.eval()
-        total = torch.zeros(1)
+        total = torch.zeros(1, device=device)
         with torch.no_grad():
             for i in range(args.eval_iters):
                 first = (i * dp + dp_rank) * args.micro_batch_size
-                total += micro_loss(valid_ds, first).cpu()
+                total += micro_loss(valid_ds, first)
         dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
         model.train()
         value = float(total) / (args.eval_iters * dp)
@@ -387,16 +387,16 @@ def train(argv: Optional[List[str]] = None) -> dict:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         track = args.outlier_log_interval and (iteration + 1) % args.outlier_log_interval == 0
-        total = torch.zeros(1)
+        total = torch.zeros(1, device=device)
         for m in range(n_micro):
             if track and m == n_micro - 1:
                 monitor.arm()
             first = iteration * args.global_batch_size + (dp_rank * n_micro + m) * args.micro_batch_size
             loss = micro_loss(train_ds, first)
             (loss / n_micro).backward()
-            total += loss.detach().float().cpu()
+            total += loss.detach().float()
         finalize_grads(model, config)
-        grad_norm = _clip_grad_norm(model, args.clip_grad)
+        grad_norm = _clip_grad_norm(model, args.clip_grad, device)
         optimizer.step()
         iteration += 1
         dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
@@ -416,7 +416,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
             writer.add_scalar("train/grad_norm", grad_norm, iteration)
         if args.eval_interval and iteration % args.eval_interval == 0:
             evaluate(iteration)
-        stop = flag.any_rank() if args.exit_signal_handler else False
+        stop = flag.any_rank(device) if args.exit_signal_handler else False
         if args.save and ((args.save_interval and iteration % args.save_interval == 0) or stop):
             _save(args, iteration, model, optimizer, log)
         if stop:
