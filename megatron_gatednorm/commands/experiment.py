@@ -2,7 +2,7 @@
 
 Trains baseline (RMSNorm + gated attention), +PreAffine, +GatedNorm and clip-100 (baseline with
 the residual stream clamped to ±100) with the same seed, data order and token budget; converts
-each to Hugging Face; runs ``mgn outliers`` and ``mgn quant`` (NVFP4 W4A4 ± SmoothQuant) on the
+each to Hugging Face (``hf/<variant>``); runs ``mgn outliers`` and ``mgn quant`` (NVFP4 W4A4 ± SmoothQuant) on the
 held-out works; writes ``results.md`` / ``results.json`` and the figures. Every number in the
 table comes from this run.
 """
@@ -79,6 +79,7 @@ def _row(name, train, outliers, quant):
 
 def run(args) -> int:
     from megatron_gatednorm.cli import main as mgn
+    from megatron_gatednorm.convert.to_hf import convert_to_hf
     from megatron_gatednorm.parity import padded_vocab
     from megatron_gatednorm.small_trainer import train
 
@@ -104,12 +105,14 @@ def run(args) -> int:
         ffn = _parity_ffn(size, padded, VARIANTS[name])
         summary = train(_trainer_argv(size, data, run_dir, args.seed, ffn) + VARIANTS[name])
         report_dir = out / "reports" / name
+        hf_dir = out / "hf" / name  # converted once, analysed by both tools
+        convert_to_hf(run_dir, hf_dir, dtype="fp32", overwrite=True, progress=False)
         common = ["--data", str(data / "heldout_text_document"), "--seq-length", str(size[5]),
                   "--num-sequences", str(size[10])]
-        if mgn(["outliers", str(run_dir), "--out", str(report_dir), "--title", name, *common]) != 0:
+        if mgn(["outliers", str(hf_dir), "--out", str(report_dir), "--title", name, *common]) != 0:
             raise RuntimeError(f"mgn outliers failed for {name}")
         quant_json = report_dir / "quant.json"
-        if mgn(["quant", str(run_dir), "--settings", "nvfp4,nvfp4+sq", "--json", str(quant_json),
+        if mgn(["quant", str(hf_dir), "--settings", "nvfp4,nvfp4+sq", "--json", str(quant_json),
                 "--calib-sequences", "4", *common]) != 0:
             raise RuntimeError(f"mgn quant failed for {name}")
         results[name] = dict(

@@ -25,25 +25,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
+def _check_settings(settings) -> None:
+    for setting in settings:
+        if setting.partition("+")[2] not in ("", "sq"):
+            raise ValueError(f"invalid setting {setting!r}: valid forms are SCHEME or SCHEME+sq")
+
+
 def evaluate_settings(model, settings, windows, calib, alpha=0.5, quantize_gates=False, batch_size=4) -> dict:
-    """Perplexity of ``model`` (unquantized) and of a quantized copy per setting."""
+    """Perplexity of ``model`` (unquantized) and of a quantized copy per setting. SmoothQuant's
+    factors depend only on the unquantized model: calibrated once for all ``+sq`` settings."""
     import copy
 
     from megatron_gatednorm.analysis.hf_eval import perplexity
     from megatron_gatednorm.quant.fake_quant import block_linears, calibrate, quantize_model, smoothing_factors
 
+    _check_settings(settings)
+    smooth = None
+    if any(s.endswith("+sq") for s in settings):
+        linears = block_linears(model)
+        act_max, groups = calibrate(model, calib.split(batch_size), linears)
+        smooth = smoothing_factors(act_max, groups, linears, alpha)
     results = {"baseline": perplexity(model, windows, batch_size)}
     for setting in settings:
         scheme, _, extra = setting.partition("+")
-        if extra not in ("", "sq"):
-            raise ValueError(f"invalid setting {setting!r}: valid forms are SCHEME or SCHEME+sq")
-        quantized = copy.deepcopy(model)
-        smooth = None
-        if extra == "sq":
-            linears = block_linears(quantized)
-            act_max, groups = calibrate(quantized, calib.split(batch_size), linears)
-            smooth = smoothing_factors(act_max, groups, linears, alpha)
-        quantize_model(quantized, scheme, smooth, quantize_gates)
+        quantized = quantize_model(copy.deepcopy(model), scheme, smooth if extra else None, quantize_gates)
         results[setting] = perplexity(quantized, windows, batch_size)
     return results
 
@@ -53,6 +58,7 @@ def run(args) -> int:
     from megatron_gatednorm.data.windows import token_windows
 
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    _check_settings(settings)  # before the conversion and the data reads
     windows = token_windows(args.data, args.seq_length, args.num_sequences + args.calib_sequences)
     evaluation, calib = windows[: args.num_sequences], windows[args.num_sequences :]
     with hf_folder(args.checkpoint) as folder:
