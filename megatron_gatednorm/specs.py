@@ -185,8 +185,7 @@ def _transform_layer(spec, nc: NormConfig, use_te: bool, gated_delta_net: bool =
     attn = spec_submodules(sub.self_attention)
     if _replaces(nc, "attn"):
         sub.input_layernorm = norm_module_spec(nc)
-        _unfuse(attn, "linear_qkv")
-        _unfuse(attn, "in_proj")
+        _unfuse(attn, "linear_qkv")  # Gated DeltaNet's in_proj was built unfused above
         keys.pop("input_layernorm.", None)
     elif not use_te and not gated_delta_net:
         sub.input_layernorm = plain

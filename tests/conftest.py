@@ -30,22 +30,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_worker(cwd: Path, worker: str, nproc: int = 2, *args: str, timeout: int = 600) -> dict:
+    """Run ``tests/workers/<worker>`` under torchrun in ``cwd`` → its JSON results (fails on a
+    non-zero exit)."""
+    out = Path(cwd) / f"{Path(worker).stem}.json"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}", str(WORKERS / worker), "--out", str(out), *args,
+    ]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WORKERS), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    assert proc.returncode == 0, f"{worker} failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return json.loads(out.read_text())
+
+
 @pytest.fixture
 def torchrun(tmp_path):
-    """``torchrun(worker, nproc, *args)`` → the worker's JSON results (fails on a non-zero exit)."""
-
-    def run(worker: str, nproc: int = 2, *args: str, timeout: int = 600) -> dict:
-        out = tmp_path / f"{Path(worker).stem}.json"
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-            f"--master-port={free_port()}", str(WORKERS / worker), "--out", str(out), *args,
-        ]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WORKERS), str(REPO), os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
-        assert proc.returncode == 0, f"{worker} failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-        return json.loads(out.read_text())
-
-    return run
+    """``torchrun(worker, nproc, *args)``: :func:`run_worker` in this test's tmp_path."""
+    return lambda worker, nproc=2, *args, timeout=600: run_worker(tmp_path, worker, nproc, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,11 @@
 import contextlib
 import io
 import os
-import socket
 import sys
 import typing
 
 import typing_extensions
+from conftest import free_port
 
 if not hasattr(typing, "override"):  # megatron.training 0.19 imports typing.override (Python 3.12+)
     typing.override = typing_extensions.override
@@ -43,8 +43,5 @@ def init_single_process():
     """A 1-process gloo group on a free local port, plus Megatron's parallel state (CPU shim)."""
     from megatron_gatednorm.model import init_distributed
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     init_distributed()

@@ -13,9 +13,9 @@ JSON to OUT."""
 import json
 import os
 import sys
-import zlib
 
 from mcore019_setup import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
+from workers._common import perturb  # noqa: E402
 
 TOKENS, VOCAB = 16, 256
 
@@ -62,10 +62,7 @@ def main():
     model = train.model_provider(pre_process=True, post_process=True)
     model.eval()
     if mode == "save":
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
+        perturb(model)
         checkpointing.save_checkpoint(7, [model], None, None, 0)
         iteration = 7
     else:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import run_worker
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -23,7 +23,6 @@ import torch  # noqa: E402
 pytestmark = pytest.mark.distributed
 
 WORKERS = Path(__file__).parent / "workers"
-REPO = Path(__file__).parent.parent
 sys.path.insert(0, str(WORKERS))
 from convert_save import CASES, tokens  # noqa: E402
 
@@ -46,14 +45,7 @@ FP32_TIGHT = 1e-5
 
 
 def _torchrun(tmp, *args):
-    port = free_port()
-    out = tmp / f"result-{port}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
-           str(WORKERS / "convert_save.py"), "--out", str(out), *args]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WORKERS), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp)
-    assert proc.returncode == 0, f"convert_save.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json.loads(out.read_text())
+    return run_worker(tmp, "convert_save.py", 2, *args, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def test_gate_ablations_match_float64(activation, granularity):
 
 @pytest.mark.parametrize("variant", ["rmsnorm", "preaffine_gatednorm", "gatedyt"])
 def test_zero_centered_gamma(variant):
-    module = check_against_reference(variant, torch.float32, NormConfig(variant=variant), zero_centered=True)
+    check_against_reference(variant, torch.float32, NormConfig(variant=variant), zero_centered=True)
     fresh = norm_class(variant)(megatron_like_config(layernorm_zero_centered_gamma=True), hidden_size=HIDDEN)
     assert torch.all(fresh.weight == 0)  # stored as gamma - 1
 

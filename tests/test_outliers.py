@@ -30,7 +30,7 @@ def test_residual_sink_and_massive_activation_are_found():
 
 
 def test_first_token_attention_mass_and_sink_rate():
-    tokens, heads = 6, 3
+    tokens = 6
     causal = torch.tril(torch.ones(tokens, tokens))
     uniform = causal / causal.sum(-1, keepdim=True)
     sink = torch.zeros(tokens, tokens)

@@ -34,15 +34,10 @@ from typing import Any, Dict, List, Optional
 
 from megatron_gatednorm.args import dest, norm_config_from_values
 from megatron_gatednorm.config import NormConfig, NormConfigError
-from megatron_gatednorm.launch.recipes import Recipe, select_layout  # noqa: F401
+from megatron_gatednorm.launch.recipes import Recipe
 from megatron_gatednorm.parity import ModelShape, count_params, padded_vocab, parity_ffn
 
 GiB = 1024 ** 3
-PARALLEL_KEYS = (
-    "tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
-    "expert_model_parallel_size", "expert_tensor_parallel_size",
-    "num_layers_per_virtual_pipeline_stage", "sequence_parallel",
-)
 
 
 def _fmt(values) -> str:

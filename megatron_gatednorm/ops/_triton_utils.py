@@ -32,7 +32,9 @@ def triton_status() -> Tuple[bool, str]:
 
 
 def interpreting() -> bool:
-    """Whether kernels run in triton's CPU interpreter (``TRITON_INTERPRET`` set truthy)."""
+    """Whether ``TRITON_INTERPRET`` asks for triton's CPU interpreter (1/true/on/yes). Triton
+    fixes the mode when the kernel module is first imported; later changes of the variable
+    change this answer, not the kernels."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 

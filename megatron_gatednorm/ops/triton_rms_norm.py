@@ -11,8 +11,8 @@ Per row ``x ∈ R^d`` (fp32 statistics; ``s`` = PreAffine λ1, or 1; ``γ`` = ``
     out = g ⊙ y                   (out = y without the gate)
 
 Forward (one row-block kernel): the first sweep over the row accumulates Σu² and the raw
-projection ``W_d (γ ⊙ s ⊙ x)`` together (a 1+r wide row reduction, tensor cores via
-``tl.dot``); ``z`` is the projection times ``rstd``. The second sweep re-reads the
+projection ``W_d (γ ⊙ s ⊙ x)`` together (a 1+r wide row reduction via ``tl.dot``: tensor
+cores for 16-bit inputs, ieee fp32 products for fp32); ``z`` is the projection times ``rstd``. The second sweep re-reads the
 row block (expected to hit L2: 16 rows) and writes ``out``. Saved: ``x``, ``rstd [M]`` and
 ``z [M, r_pad]`` (``r`` padded to a power of two >= 16 with zero columns).
 
@@ -32,7 +32,7 @@ The gate ``g`` is recomputed from the saved ``z`` (one rank-r product per chunk)
 stored. Backward runs two kernels:
 
 1. row-block kernel: sweep 1 reduces ``da`` and ``Σ do ⊙ out`` over the row, giving ``dz``
-   and ``c`` (stored: ``[M, r]`` and ``[M]`` fp32); sweep 2 writes ``dx``.
+   and ``c`` (stored: ``[M, r_pad]`` and ``[M]`` fp32); sweep 2 writes ``dx``.
 2. weight-gradient kernel on a ``(column slice, row group)`` grid: each program owns a
    ``block_d_w``-column slice and a strided group of row blocks and accumulates ``dγ``,
    ``dλ1``, ``dW_u`` and ``dW_dᵀ`` for that slice in fp32 registers, then writes one
@@ -40,7 +40,7 @@ stored. Backward runs two kernels:
    ``P = min(row blocks, ceil(4·SMs / column slices), 256)``, independent of the token
    count; ``torch.sum`` reduces them in fp32: deterministic, no atomics.
 
-HBM traffic (bf16, per token): forward ≈ 4d (+4 rstd, +4r z); backward ≈ 10d: kernel 2
+HBM traffic (bf16, per token): forward ≈ 4d (+4 rstd, +4·r_pad z); backward ≈ 10d: kernel 2
 reads ``x`` and ``do`` a second time — the price of bounded partials without a
 full-row fp32 accumulator per program. Unmeasured on a GPU.
 

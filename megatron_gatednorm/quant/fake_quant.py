@@ -23,7 +23,7 @@ that fold inexact; for a plain RMSNorm model the two are the same computation.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn.functional as F

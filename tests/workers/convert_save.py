@@ -7,13 +7,12 @@ HF → Megatron direction and the Megatron → HF → Megatron round trip.
 """
 
 import argparse
-import json
 import os
-import zlib
 
 import torch
 import torch.distributed as dist
-from _common import SEED, TINY, TINY_MOE, full_logits, write
+from _common import SEED, TINY, TINY_MOE, write
+from _common import perturb as shared_perturb
 
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.checkpoint import save_checkpoint
@@ -88,13 +87,8 @@ def build(arch: Arch, tp=1, pp=1, ep=1):
 
 def perturb(model):
     """Move every replicated parameter (norms, router, gates) off its initial value, identically
-    on all tensor-parallel replicas (a generator seeded by the parameter's name)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if getattr(p, "tensor_model_parallel", False) or "experts" in name:
-                continue
-            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    on all tensor-parallel replicas."""
+    shared_perturb(model, skip=lambda name, p: getattr(p, "tensor_model_parallel", False) or "experts" in name)
 
 
 def logits_of(model, toks, vocab):

@@ -6,7 +6,6 @@ holds experts 2r, 2r+1) and records per-token loss and norm-gradient differences
 
 import re
 
-import torch
 from _common import (
     TINY_MOE, build, copy_from_full, full_state, max_diff, max_rel_diff, norm_grads, parse_args, positions,
     tokens, write,
