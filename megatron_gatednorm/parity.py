@@ -81,20 +81,6 @@ class ModelShape:
     def replace(self, **changes) -> "ModelShape":
         return dataclasses.replace(self, **changes)
 
-    @classmethod
-    def from_transformer_config(cls, config, vocab_size: int, **overrides) -> "ModelShape":
-        """Read the fields from a Megatron ``TransformerConfig`` (duck-typed)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {n: getattr(config, n) for n in names if hasattr(config, n)}
-        values.update(
-            vocab_size=vocab_size,
-            num_experts=getattr(config, "num_moe_experts", None),
-            swiglu=bool(getattr(config, "gated_linear_unit", True)),
-            add_qkv_bias=bool(getattr(config, "add_qkv_bias", False)),
-        )
-        values.update(overrides)
-        return cls(**values)
-
 
 def padded_vocab(vocab: int, divisible_by: int = 128, tensor_parallel: int = 1) -> int:
     """Megatron-LM's embedding rows: the vocabulary rounded up to a multiple of

@@ -156,7 +156,7 @@ def render(plan) -> str:
         "fi",
         "",
     ]
-    if launch.get("preflight", True):
+    if launch["preflight"]:
         preflight = _python_cmd(plan, ["-m", "megatron_gatednorm.cli", "preflight", "--recipe-json", "$RUN_DIR/recipe.json"])
         lines += [
             "# Preflight on every rank: rendezvous, layout, parameter count (fails fast, naming the rank).",

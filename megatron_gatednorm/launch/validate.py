@@ -305,7 +305,7 @@ def check_memory(plan: Plan, gpu_memory_gb: float) -> None:
     fits = []
     m, s, nc = plan.megatron, plan.shape, plan.norm_config
     world, nmb = plan.derived["world_size"], plan.derived["num_microbatches"]
-    factor = plan.recipe.launch.get("activation_memory_factor", 1.0)
+    factor = plan.derived["activation_memory_factor"]
     candidates = []
     if m.get("recompute_granularity") != "full":
         candidates.append(dict(recompute_granularity="full"))
@@ -393,7 +393,8 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
         params_breakdown={k: v for k, v in params.items() if k != "total"},
     )
     plan = Plan(recipe=recipe, nodes=nodes, megatron=m, norm_config=nc, shape=counted, derived=derived)
-    factor = float(launch.get("activation_memory_factor", 1.0))
+    # launch keys always carry recipes.LAUNCH_DEFAULTS (load_recipe merges them): index, don't re-default
+    factor = derived["activation_memory_factor"] = float(launch["activation_memory_factor"])
     derived["memory_gib"] = memory_estimate(m, counted, nc, derived["world_size"], num_microbatches, factor)
     gpu_mem = float(gpu_memory_gb if gpu_memory_gb is not None else launch["gpu_memory_gb"])
     derived["gpu_memory_gb"] = gpu_mem
@@ -403,7 +404,7 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
     hours = flops / (derived["world_size"] * float(launch["tflops_per_gpu"]) * 1e12) / 3600
     limit = parse_slurm_time(recipe.slurm["time"])
     derived["estimated_hours"] = hours
-    chain = launch.get("chain_jobs", "auto")
+    chain = launch["chain_jobs"]
     if isinstance(chain, str) and chain.strip().isdigit():
         chain = int(chain)
     if chain == "auto":
