@@ -21,7 +21,6 @@ import sys
 os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-from conftest import free_port  # noqa: E402
 import torch  # noqa: E402
 
 from megatron_gatednorm.config import NormConfig  # noqa: E402
@@ -307,21 +306,13 @@ def test_module_reports_unfused_config(monkeypatch):
 
 @pytest.fixture(scope="module")
 def megatron_world():
-    """A 1-process gloo world with Megatron model parallelism 1x1 (minimal local fixture)."""
-    import torch.distributed as dist
-
+    """A 1-process gloo world with Megatron model parallelism 1x1 (CPU shim applied)."""
     pytest.importorskip("megatron.core")
     if torch.cuda.is_available():
         pytest.skip("CPU-only test: the CPU shim refuses to run where CUDA is available")
-    from megatron.core import parallel_state
+    from megatron_gatednorm.model import init_distributed
 
-    from megatron_gatednorm.cpu_shim import apply_cpu_shim
-
-    apply_cpu_shim()
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
+    init_distributed()
     yield
 
 

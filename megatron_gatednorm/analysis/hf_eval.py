@@ -17,12 +17,13 @@ from typing import Iterator
 import torch
 
 from megatron_gatednorm.analysis.outliers import OutlierStats, norm_parameter_extremes
+from megatron_gatednorm.checkpoint import TRACKER
 from megatron_gatednorm.ops import reference
 
 
 def is_megatron_checkpoint(path) -> bool:
     p = Path(path)
-    return any((p / name).exists() for name in ("latest_checkpointed_iteration.txt", "common.pt", ".metadata"))
+    return any((p / name).exists() for name in (TRACKER, "common.pt", ".metadata"))
 
 
 @contextlib.contextmanager
