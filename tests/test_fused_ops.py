@@ -36,7 +36,7 @@ def kernels():
     if not _TRITON_OK:
         pytest.skip(f"triton not importable: {_TRITON_WHY}")
     mod = kernel_module()
-    if type(mod._fwd_kernel).__name__ != "InterpretedFunction" and not torch.cuda.is_available():
+    if not mod._INTERPRETED and not torch.cuda.is_available():
         pytest.skip("the kernels were defined before TRITON_INTERPRET=1 was set in this process")
     return mod
 
