@@ -120,7 +120,7 @@ def launch_plan(rows: int, hidden: int, rank: int, *, pre: bool, sms: int) -> La
     check_limits(hidden, rank)
     gated = rank > 0
     rank_pad = max(16, next_pow2(rank)) if gated else 16
-    chunk = 128 if rank_pad <= 32 else 64
+    chunk = 64 if rank_pad <= 32 else 32   # 128 spills in the gated sweeps (ptxas, sm_90)
     full = max(16, next_pow2(hidden))
     if gated:
         fwd_m, fwd_d, fwd_warps = 16, min(full, chunk), 4
