@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Download into .whl/ the wheels benchmarks/gpu_check.sh installs on the GPU machine, which has no
+# network: CPython 3.12 manylinux x86-64 wheels, no dependencies resolved (--no-deps). Run it where
+# PyPI is reachable, from anywhere in the repository:
+#
+#   bash benchmarks/fetch_wheels.sh
+#
+# megatron-core 0.19.2 needs torch, numpy and packaging>=24.2 (its METADATA's Requires-Dist
+# without extras); the GPU image has all three, so it is the only wheel. Other versions of the
+# same distributions are removed from .whl/ (two versions of one stop the whole install there).
+# Prints the total size; fails above 60 MiB (the working tree that travels is limited to 64 MiB).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEST=${GPU_CHECK_WHEELS:-$ROOT/.whl}
+MAX_MIB=60
+WHEELS=(megatron-core==0.19.2)
+
+mkdir -p "$DEST"
+for spec in "${WHEELS[@]}"; do
+  name=${spec%%==*}
+  version=${spec##*==}
+  prefix=$(echo "$name" | tr '-' '_')
+  for old in "$DEST/$prefix"-*.whl; do
+    [[ -e $old && $(basename "$old") != "$prefix-$version-"* ]] && { echo "removing $(basename "$old")"; rm -f "$old"; }
+  done
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+    -d "$DEST" "$spec"
+done
+
+echo "wheels in $DEST:"
+ls -l "$DEST"/*.whl | awk '{ printf "  %8.2f MiB  %s\n", $5 / 1048576, $NF }'
+bytes=$(cat "$DEST"/*.whl | wc -c)
+mib=$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }')
+echo "total: $mib MiB (limit $MAX_MIB MiB)"
+if (( bytes > MAX_MIB * 1048576 )); then
+  echo "fetch_wheels.sh: $mib MiB of wheels is over the $MAX_MIB MiB limit" >&2
+  exit 1
+fi
