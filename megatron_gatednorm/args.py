@@ -9,7 +9,7 @@ nor Megatron.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, List, Mapping, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from megatron_gatednorm.config import (
     DEFAULTS,
@@ -100,3 +100,35 @@ def norm_config_to_argv(nc: NormConfig) -> List[str]:
         if value != default:
             argv += [flag, str(_flag_value(value))]
     return argv
+
+
+def _as_list(value: Union[None, str, Sequence[str]]) -> List[str]:
+    """A Megatron list flag's value: None, a list, or text (``"layernorm,mlp"``, ``"layernorm mlp"``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.replace(",", " ").split()
+    return [str(v) for v in value]
+
+
+def check_recompute_modules(granularity: Optional[str], modules, transformer_engine: bool,
+                            name: str = "recompute_modules") -> None:
+    """Refuse selective recompute of ``layernorm`` without Transformer Engine.
+
+    megatron-core (0.16.1 to 0.19.2) recomputes the norms through ``CheckpointWithoutOutput``,
+    which calls Transformer Engine's ``FP8GlobalStateManager`` and fails with ``NameError``
+    when TE is absent — after the job has started. ``transformer_engine`` is whether the run uses
+    TE layers (``--transformer-impl transformer_engine``, Megatron's default); ``name`` is the
+    setting's name in the message (``megatron.recompute_modules`` for a recipe).
+
+    Raises:
+        ValueError: naming ``recompute_modules`` and the two fixes.
+    """
+    mods = _as_list(modules)
+    if granularity != "selective" or "layernorm" not in mods or transformer_engine:
+        return
+    raise ValueError(
+        f"invalid {name}={mods!r} with recompute_granularity='selective' and the local "
+        "(non-Transformer-Engine) layers: megatron-core recomputes 'layernorm' through CheckpointWithoutOutput, "
+        "which calls Transformer Engine's FP8GlobalStateManager (NameError without TE); valid: "
+        "--transformer-impl transformer_engine, or drop layernorm from --recompute-modules")

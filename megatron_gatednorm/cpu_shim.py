@@ -13,7 +13,8 @@ What it patches (megatron-core 0.16.1 and 0.19.x):
   ``torch.cuda.manual_seed`` as a no-op, megatron's ``_{get,set}_cuda_rng_state``);
 * ``torch.cuda.current_device()`` → ``"cpu"``; ``torch.cuda.synchronize`` → no-op;
   ``Tensor.cuda`` → identity; ``Tensor.record_stream`` → no-op; dummy streams/events;
-* a process-wide ``TorchFunctionMode`` that rewrites a CUDA ``device=`` keyword to CPU;
+* a process-wide ``TorchFunctionMode`` that rewrites a CUDA ``device=`` keyword to CPU (also
+  entered in the backward pass of full activation recompute, where modes are otherwise off);
 * MoE: split sizes become numpy arrays as they would on GPU; ``te_general_gemm = None``
   on 0.16.1 where it is otherwise undefined without Transformer Engine;
 * Gated DeltaNet (0.16.1, only where ``fla`` is not importable): fla's Triton kernels
@@ -113,7 +114,21 @@ def _patch_megatron():
         return original(tensor, as_numpy=as_numpy, record_stream=record_stream)
 
     token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
+    _patch_recompute(mrandom.CheckpointFunction)
     _patch_gated_delta_net()
+
+
+def _patch_recompute(checkpoint_function) -> None:
+    """Full activation recompute reruns the forward inside autograd's backward, where torch
+    function modes are not active: re-enter the CUDA-device rewrite there (megatron-core's
+    causal mask is created with ``device="cuda"``)."""
+    backward = checkpoint_function.backward
+
+    def backward_on_cpu(ctx, *args):
+        with _CudaDeviceToCpu():
+            return backward(ctx, *args)
+
+    checkpoint_function.backward = staticmethod(backward_on_cpu)
 
 
 def _l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:

@@ -120,31 +120,41 @@ def init_distributed(
     expert_model_parallel_size: int = 1,
     context_parallel_size: int = 1,
     seed: int = 1234,
-) -> None:
+    device: Optional[str] = None,
+) -> str:
     """Initialise torch.distributed (env:// under torchrun or srun-native Slurm tasks, else a
-    1-process group) and Megatron's model-parallel state; apply the CPU shim without CUDA."""
+    1-process group) and Megatron's model-parallel state; apply the CPU shim without CUDA.
+
+    ``device`` (``cuda`` | ``cpu``; default ``$MGN_DEVICE``, else cuda where CUDA is available)
+    chooses the backend explicitly: NCCL with this rank's GPU for ``cuda``, gloo for ``cpu`` —
+    also on a machine that has a GPU, so CPU tensors never meet NCCL. ``cuda`` on a node whose
+    CUDA is broken raises ValueError (:func:`megatron_gatednorm.device.check_device`) instead of
+    falling back to the CPU. Returns the device.
+    """
     import torch.distributed as dist
 
+    from megatron_gatednorm.device import backend, check_device, requested_device
     from megatron_gatednorm.launch.ranks import torch_env_from_slurm
 
     torch_env_from_slurm()
+    device, setting = requested_device(device)
+    check_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), setting)
 
     if not torch.cuda.is_available():
         from megatron_gatednorm.cpu_shim import apply_cpu_shim
 
         apply_cpu_shim()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         if "RANK" in os.environ:
-            if torch.cuda.is_available():
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group(backend)
+            dist.init_process_group(backend(device))
         else:
             from torch.distributed import FileStore
             import tempfile
 
             store = FileStore(tempfile.mktemp(prefix="mgn-store-"), 1)
-            dist.init_process_group(backend, store=store, rank=0, world_size=1)
+            dist.init_process_group(backend(device), store=store, rank=0, world_size=1)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
@@ -155,6 +165,7 @@ def init_distributed(
     )
     model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
+    return device
 
 
 def finalize_grads(model, config) -> None:

@@ -122,16 +122,20 @@ class _ResidualNorm(torch.nn.Module):
             gate_down=self.gate_down, gate_up=self.gate_up, gate_activation=self.gate_activation
         )
 
+    def dispatch_config(self) -> dict:
+        """This module's keywords of :func:`dispatch.choose_impl` / :func:`dispatch.unfused_reason`."""
+        return dict(
+            dyt=self._dyt, gated=self._gated, gate_activation=self.gate_activation,
+            granularity=self.granularity, rank=self.gate_down.shape[0] if self._gated else 0,
+        )
+
     def _choose_impl(self, x: torch.Tensor) -> dispatch.ImplDecision:
         # Only the request, the interpreter switch and the input's device/dtype/width can change
         # the answer for this module: decide once per combination, not on every forward.
         key = (dispatch.requested_impl(), interpreting(), x.device.type, x.dtype, x.shape[-1])
         decision = self._decisions.get(key)
         if decision is None:
-            decision = self._decisions[key] = dispatch.choose_impl(
-                x, dyt=self._dyt, gated=self._gated, gate_activation=self.gate_activation,
-                granularity=self.granularity, rank=self.gate_down.shape[0] if self._gated else 0,
-            )
+            decision = self._decisions[key] = dispatch.choose_impl(x, **self.dispatch_config())
         if decision != self.impl_decision:
             self.impl_decision = decision
             name = type(self).__name__

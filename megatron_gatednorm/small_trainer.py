@@ -3,7 +3,9 @@
 For small experiments and CPU smoke runs; production training is ``megatron.training``
 (``mgn train``). It takes Megatron-LM's own flag names for everything it supports, so the same
 recipe argv drives both; production-only flags it does not implement are refused unless listed
-in ``_IGNORED`` (then reported as ignored).
+in ``_IGNORED`` (then reported as ignored). Device: ``$MGN_DEVICE`` (``cuda|cpu``; an ``mgn launch``
+job exports its recipe's ``launch.device``), else cuda where available; ``MGN_DEVICE=cuda`` on a
+node with broken CUDA is an error, never a CPU run (:mod:`megatron_gatednorm.device`).
 
 What it does per iteration: ``global_batch / (micro_batch · DP)`` micro-batches from Megatron's
 ``GPTDataset`` (the production sampler: seeded shuffle over ``--data-path`` .bin/.idx), forward/
@@ -286,7 +288,9 @@ def train(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     ignored = [n for n in _IGNORED if getattr(args, n) is not None]
     nc = norm_config_from_args(args)
-    init_distributed(args.tensor_model_parallel_size, 1, args.expert_model_parallel_size, seed=args.seed)
+    # The device: $MGN_DEVICE (a recipe's launch.device), else cuda where available; a broken CUDA
+    # under MGN_DEVICE=cuda stops here instead of training on the CPU.
+    device = init_distributed(args.tensor_model_parallel_size, 1, args.expert_model_parallel_size, seed=args.seed)
     from megatron.core import parallel_state
 
     rank = dist.get_rank()
@@ -323,7 +327,6 @@ def train(argv: Optional[List[str]] = None) -> dict:
                                           args.tensor_model_parallel_size)
     args.max_position_embeddings = args.max_position_embeddings or args.seq_length
     shape = arch_from_args(args, where="small-train flags").shape
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     config = transformer_config(
         shape, nc, params_dtype=dtype, bf16=args.bf16, sequence_parallel=args.sequence_parallel,

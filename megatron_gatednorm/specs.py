@@ -47,6 +47,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
+from megatron_gatednorm.args import check_recompute_modules
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.norms import norm_class
 from megatron_gatednorm.ops.reference import residual_clip
@@ -261,6 +262,9 @@ def validate_spec_config(config, nc: NormConfig, use_te: bool) -> None:
                     f"invalid {flag}=True with norm variant {nc.variant!r}: it needs the norm fused "
                     f"into Transformer Engine's linear layers; set {flag}=False"
                 )
+    check_recompute_modules(
+        getattr(config, "recompute_granularity", None), getattr(config, "recompute_modules", None), use_te
+    )
     nc.check_hidden_size(config.hidden_size)
     if "qk" in nc.placement and config.qk_layernorm:
         nc.check_hidden_size(config.kv_channels)

@@ -12,6 +12,9 @@ The GPT ``forward_step`` and dataset provider are Megatron-LM's own, imported fr
 ``PYTHONPATH`` (the recipes' ``launch.megatron_lm_path``). ``megatron.training`` itself ships in
 megatron-core wheels from 0.17 on; with 0.16 it also comes from that checkout.
 
+It runs on CUDA unless ``MGN_DEVICE=cpu`` (an ``mgn launch`` job exports its recipe's
+``launch.device``): a node whose CUDA is broken stops before Megatron initialises, naming why.
+
 ``pretrain()`` changed shape twice; :func:`main` picks the call by its signature:
 
 * ≤ 0.17: ``pretrain(datasets_provider, model_provider, model_type, forward_step,
@@ -23,6 +26,7 @@ megatron-core wheels from 0.17 on; with 0.16 it also comes from that checkout.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from typing import List, Optional
 
@@ -103,10 +107,21 @@ def pretrain_call_style(pretrain) -> str:
     return "container" if "cfg_container" in params else "legacy"
 
 
+def _check_device() -> None:
+    """Megatron-LM training runs on CUDA: unless ``MGN_DEVICE=cpu`` asks for the CPU, a node
+    whose CUDA is broken (or shows fewer GPUs than local ranks) stops here with the reason,
+    before Megatron initialises NCCL."""
+    from megatron_gatednorm.device import check_device, requested_device
+
+    device, setting = requested_device(default="cuda")
+    check_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), setting)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     torch_env_from_slurm()
+    _check_device()
     from megatron.core.enums import ModelType
     from megatron.training import pretrain
 

@@ -44,4 +44,4 @@ def init_single_process():
     from megatron_gatednorm.model import init_distributed
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    init_distributed()
+    init_distributed(device="cpu")

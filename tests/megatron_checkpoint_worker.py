@@ -38,7 +38,7 @@ def main():
     if "RANK" in os.environ:  # torchrun: the whole world is one tensor-parallel group
         from megatron_gatednorm.model import init_distributed
 
-        init_distributed(tensor_model_parallel_size=tp)
+        init_distributed(tensor_model_parallel_size=tp, device="cpu")
     else:
         init_single_process()
     rank_env = {k: os.environ[k] for k in ("RANK", "LOCAL_RANK") if k in os.environ}

@@ -1,5 +1,8 @@
 """``mgn preflight`` in one process (no Slurm): the world-size check fails before any rendezvous,
-naming the rank; a matching layout builds the meta-device model and agrees with the launcher."""
+naming the rank; a matching layout builds the meta-device model and agrees with the launcher; a
+recipe asking for CUDA fails on this CUDA-less machine instead of falling back to the CPU; the
+fused-vs-eager norm check is skipped on CPU ranks with the reason, and in Triton's interpreter
+(``--fused-check=on``) passes, or fails naming the rank and the variant when a kernel is broken."""
 
 from __future__ import annotations
 
@@ -9,16 +12,27 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CPU = ["--recipe", "tiny", "--nodes", "1", "launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4"]
 
 
-def run_preflight(extra_env, *extra_args):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+# `mgn preflight` with the fused GatedNorm kernel returning 1.5 x its output (a broken kernel).
+BROKEN_KERNEL = (
+    "import sys; from megatron_gatednorm.ops._triton_utils import kernel_module; k = kernel_module(); "
+    "good = k.gated_rms_norm; k.gated_rms_norm = lambda x, **kw: 1.5 * good(x, **kw); "
+    "from megatron_gatednorm.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+def run_preflight(extra_env, *extra_args, entry=("-m", "megatron_gatednorm.cli")):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TRITON_INTERPRET", "MGN_NORM_IMPL")}
     env.update(PYTHONPATH=str(ROOT), **extra_env)
-    return subprocess.run([sys.executable, "-m", "megatron_gatednorm.cli", "preflight", *TINY_CPU, *extra_args],
+    return subprocess.run([sys.executable, *entry, "preflight", *TINY_CPU, *extra_args],
                           capture_output=True, text=True, env=env, cwd=ROOT)
 
 
@@ -34,6 +48,7 @@ def test_single_rank_preflight_matches_the_launcher_count():
     out = run_preflight({})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mgn preflight: OK tiny: world 1 (tp 1 pp 1 ep 1 dp 1), parameters 101,184 = launcher count" in out.stdout
+    assert "fused norm check skipped: launch.device=cpu (the fused kernels run compiled only on CUDA" in out.stdout
 
 
 def test_parameter_mismatch_fails_naming_the_rank_and_counts():
@@ -65,3 +80,34 @@ def test_two_rank_shards_sum_to_the_launcher_count(layout, shards):
     shard_counts = [int(line.rsplit(" ", 1)[1].replace(",", "")) for line in out.stdout.splitlines()
                     if "shard parameters" in line]
     assert len(shard_counts) == 2 and all(c > 0 for c in shard_counts) and sum(shard_counts) == expected, out.stdout
+
+
+@no_cuda
+def test_cuda_recipe_on_a_node_without_cuda_fails_instead_of_falling_back_to_cpu():
+    out = run_preflight({}, "launch.device=cuda")
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mgn preflight: error: rank 0/1 (")
+    assert "launch.device=cuda but CUDA is not usable on this node: torch.cuda.is_available() is False" in last
+    assert "or set launch.device=cpu to run on CPU (gloo) on purpose" in last
+    assert "shard parameters" not in out.stdout  # stopped before the rendezvous and the model
+
+
+@no_cuda
+def test_fused_check_in_the_interpreter_passes():
+    out = run_preflight({"TRITON_INTERPRET": "1"}, "--fused-check=on")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert ("fused norm check passed (cpu bfloat16): gatednorm(hidden 64, rank 4): ok: max rel err "
+            in out.stdout), out.stdout
+    assert "mgn preflight: OK tiny" in out.stdout
+
+
+@no_cuda
+def test_fused_check_fails_naming_the_rank_and_the_variant():
+    out = run_preflight({"TRITON_INTERPRET": "1"}, "--fused-check=on", entry=("-c", BROKEN_KERNEL))
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mgn preflight: error: rank 0/1 (")
+    assert ("fused norm check failed (fused kernels vs eager reference): gatednorm(hidden 64, rank 4): "
+            "max |fused - eager| / max |eager| above 0.05 (bfloat16): output 0.49") in last, last
+    assert "mgn preflight: OK" not in out.stdout

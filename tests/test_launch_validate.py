@@ -149,9 +149,30 @@ def err(spec, overrides=(), nodes=1, gpu_memory_gb=None):
      "invalid moe_layer_freq='[1]*47': the pattern must have num_layers=48 entries"),
     ("moe7b_a2b", ["megatron.moe_layer_freq=__import__('os')"], 1,
      "invalid moe_layer_freq=\"__import__('os')\": expected an int or a list expression"),
+    ("tiny", ["megatron.recompute_granularity=selective", "megatron.recompute_modules=[core_attn,layernorm]"], 1,
+     "invalid megatron.recompute_modules=['core_attn', 'layernorm'] with recompute_granularity='selective' and the "
+     "local (non-Transformer-Engine) layers: megatron-core recomputes 'layernorm' through CheckpointWithoutOutput"),
 ])
 def test_validation_errors(spec, overrides, nodes, expected):
     assert expected in err(spec, overrides, nodes)
+
+
+def test_layernorm_recompute_needs_transformer_engine():
+    """Refused for local layers (launch validation, before anything is submitted); fine with TE
+    layers (dense2b, and Megatron's default transformer_impl) or without selective recompute."""
+    from megatron_gatednorm.args import check_recompute_modules
+
+    fix = "valid: --transformer-impl transformer_engine, or drop layernorm from --recompute-modules"
+    message = err("tiny", ["megatron.recompute_granularity=selective", "megatron.recompute_modules=layernorm"])
+    assert message.endswith(fix)
+    selective = ["megatron.recompute_granularity=selective", "megatron.recompute_modules=[layernorm,mlp]"]
+    assert "--recompute-modules layernorm mlp" in " ".join(argv_of("dense2b", ["data_path=/d"] + selective))
+    argv_of("dense2b", ["data_path=/d", "megatron.transformer_impl=null"] + selective)  # Megatron's default: TE
+    argv_of("tiny", ["megatron.recompute_granularity=full", "megatron.recompute_modules=[layernorm]"])
+    with pytest.raises(ValueError, match="^invalid --recompute-modules=\\['layernorm', 'mlp'\\] with recompute_gran"):
+        check_recompute_modules("selective", "layernorm,mlp", transformer_engine=False, name="--recompute-modules")
+    check_recompute_modules("selective", ["core_attn", "mlp"], transformer_engine=False)
+    check_recompute_modules(None, ["layernorm"], transformer_engine=False)
 
 
 def test_memory_error_names_what_fits():

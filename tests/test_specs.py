@@ -24,7 +24,7 @@ TINY = ModelShape(
 
 @pytest.fixture(scope="module", autouse=True)
 def megatron_single_process():
-    init_distributed()
+    init_distributed(device="cpu")
 
 
 module_of = specs.spec_module

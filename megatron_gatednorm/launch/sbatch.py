@@ -6,7 +6,8 @@ What the script does, in order:
    ``--time``, ``--signal=B:<SIG>@<lead>`` (to the batch shell only), ``--requeue``,
    ``--open-mode=append`` (a requeued run appends to the same log);
 2. ``MASTER_ADDR`` = first host of ``scontrol show hostnames``; ``MASTER_PORT`` = 20000 +
-   job id mod 20000 (no collisions between jobs sharing a node);
+   job id mod 20000 (no collisions between jobs sharing a node); ``MGN_DEVICE`` = ``launch.device``
+   (the tasks fail on a node whose CUDA is broken instead of falling back to the CPU);
 3. writes the resolved recipe to ``$RUN_DIR/recipe.json`` (read by ``mgn preflight``);
 4. resume: reports the iteration in ``$SAVE/latest_checkpointed_iteration.txt`` (Megatron's
    tracker; ``--load`` is ``--save``) and exits at once if it already reached ``train_iters``;
@@ -27,6 +28,7 @@ import shlex
 import subprocess
 from typing import List, Optional
 
+from megatron_gatednorm.device import DEVICE_ENV
 from megatron_gatednorm.launch.argv import megatron_argv
 
 DEFAULT_ENV = {
@@ -106,7 +108,8 @@ def render(plan) -> str:
     m = plan.megatron
     run_dir = plan.derived["run_dir"]
     argv = megatron_argv(plan)
-    env = {**DEFAULT_ENV, **{k: str(v) for k, v in r.env.items() if v is not None}}
+    # MGN_DEVICE: every task (preflight, small trainer, mgn train) runs on the recipe's device or fails.
+    env = {**DEFAULT_ENV, **{k: str(v) for k, v in r.env.items() if v is not None}, DEVICE_ENV: launch["device"]}
     if launch["device"] == "cpu":
         env.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
     pythonpath = [p for p in (launch.get("megatron_lm_path"), launch.get("pythonpath")) if p]

@@ -32,8 +32,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from megatron_gatednorm.args import dest, norm_config_from_values
+from megatron_gatednorm.args import check_recompute_modules, dest, norm_config_from_values
 from megatron_gatednorm.config import NormConfig, NormConfigError
+from megatron_gatednorm.device import parse_device
 from megatron_gatednorm.launch.recipes import Recipe
 from megatron_gatednorm.parity import ModelShape, count_params, padded_vocab, parity_ffn
 
@@ -334,8 +335,7 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
     launch = recipe.launch
     if launch["launcher"] not in ("srun", "torchrun"):
         raise ValueError(f"invalid launch.launcher={launch['launcher']!r}; valid: srun, torchrun")
-    if launch["device"] not in ("cuda", "cpu"):
-        raise ValueError(f"invalid launch.device={launch['device']!r}; valid: cuda, cpu")
+    parse_device(launch["device"], "launch.device")
     gpn = int(launch["gpus_per_node"])
     if gpn < 1:
         raise ValueError(f"invalid launch.gpus_per_node={gpn}: must be >= 1")
@@ -345,6 +345,9 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
         m.setdefault(key, 1)
     nc = norm_config_from_recipe(recipe)
     check_sequence(m)
+    te_layers = (m.get("transformer_impl") or "transformer_engine") == "transformer_engine"  # Megatron's default
+    check_recompute_modules(m.get("recompute_granularity"), m.get("recompute_modules"), te_layers,
+                            name="megatron.recompute_modules")
     tp = int(m["tensor_model_parallel_size"])
     base_shape = shape_from_megatron(m)
     if not base_shape.vocab_size:

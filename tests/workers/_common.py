@@ -1,7 +1,9 @@
 """Shared pieces of the torchrun workers: the tiny model, its inputs, and grad finalisation.
 
-Workers run under ``torchrun`` (gloo, CPU) and write their measurements as JSON to the path
-given by ``--out``; the pytest side asserts on them.
+Workers run under ``torchrun`` on CPU and write their measurements as JSON to the path given by
+``--out``; the pytest side asserts on them. Each initialises with
+``init_distributed(..., device="cpu")``: the gloo backend, chosen explicitly, so that on a machine
+with a GPU torch never gets NCCL for these CPU tensors (``nccl`` is only for ``device="cuda"``).
 """
 
 import argparse

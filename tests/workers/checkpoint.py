@@ -41,7 +41,7 @@ def logits_of(model):
 
 
 def build_layout(nc, seed_offset, tp=1, pp=1):
-    init_distributed(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    init_distributed(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, device="cpu")
     torch.manual_seed(1234 + seed_offset)
     model, _ = build(SHAPE, nc)
     if seed_offset:  # make sure a load has to overwrite every parameter

@@ -76,7 +76,8 @@ def tokens():
 def build(arch: Arch, tp=1, pp=1, ep=1):
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    init_distributed(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep)
+    init_distributed(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep,
+                     device="cpu")
     torch.manual_seed(SEED)
     model_parallel_cuda_manual_seed(SEED)
     overrides = dict(use_cpu_initialization=True, **arch.transformer_config_overrides())

@@ -64,9 +64,9 @@ def run(nc, reference_state=None):
 
 def main():
     args = parse_args()
-    init_distributed(pipeline_model_parallel_size=1)
+    init_distributed(pipeline_model_parallel_size=1, device="cpu")
     reference = {v: run(NormConfig(variant=v, gate_up_init="init_method")) for v in VARIANTS}
-    init_distributed(pipeline_model_parallel_size=2)
+    init_distributed(pipeline_model_parallel_size=2, device="cpu")
     results = {}
     for v in VARIANTS:
         ref_losses, ref_grads, ref_state = reference[v]

@@ -39,10 +39,10 @@ def run_case(shape, nc, overrides, toks):
 def main():
     args = parse_args()
     toks = tokens()[0]
-    init_distributed(tensor_model_parallel_size=1)
+    init_distributed(tensor_model_parallel_size=1, device="cpu")
     reference = {name: run_case(*case, toks) for name, case in CASES.items()}
 
-    init_distributed(tensor_model_parallel_size=2)
+    init_distributed(tensor_model_parallel_size=2, device="cpu")
     from megatron.core import parallel_state
 
     tp_group = parallel_state.get_tensor_model_parallel_group()
