@@ -97,7 +97,7 @@ def compile_all(hidden_sizes, tokens=16384, rank=16, sms=132):
     from triton.compiler import ASTSource
 
     from megatron_gatednorm.ops import _triton_utils
-    from megatron_gatednorm.ops import triton_rms_norm as K
+    from megatron_gatednorm.ops import gated_rms_norm_triton as K
 
     ptxas = _newest_ptxas(Path(triton.__file__).parent / "backends" / "nvidia" / "bin")
     rows = []

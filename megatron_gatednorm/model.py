@@ -140,7 +140,9 @@ def init_distributed(
     device, setting = requested_device(device)
     check_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), setting)
 
-    if not torch.cuda.is_available():
+    if device == "cpu" and not torch.cuda.is_available():
+        # This process trains on CPU from here on (a worker, a CLI command, a demo): enter the
+        # shim for the process. (pytest enters it at session start, tests/conftest.py.)
         from megatron_gatednorm.cpu_shim import apply_cpu_shim
 
         apply_cpu_shim()

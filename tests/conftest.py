@@ -1,4 +1,15 @@
-"""Shared fixtures: running the torchrun workers in tests/workers and reading their results."""
+"""Shared fixtures: running the torchrun workers in tests/workers and reading their results.
+
+How this pytest process meets the hardware, decided once at session start (never as a side
+effect of whichever test module runs first):
+
+* with CUDA: compiled Triton kernels, no CPU shim;
+* without CUDA: ``TRITON_INTERPRET=1`` (set before triton is first imported: triton decides
+  interpreted vs compiled when kernels are defined) and megatron-core's CUDA assumptions
+  redirected by ``megatron_gatednorm.cpu_shim`` for the whole session, so a test sees the same
+  process state whatever ran before it. Worker processes (torchrun) enter the shim themselves
+  through ``model.init_distributed(device="cpu")``.
+"""
 
 import json
 import os
@@ -9,15 +20,24 @@ from pathlib import Path
 
 import pytest
 
-# Triton decides interpreted vs compiled when kernels are defined, and any test may be the first
-# to import them: without CUDA, interpret (the CPU tests of the fused kernels need it).
 try:
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # pragma: no cover
-    pass
+    torch = None
+
+
+def pytest_sessionstart(session):
+    if torch is not None and not torch.cuda.is_available():
+        try:
+            import megatron.core  # noqa: F401
+        except ImportError:  # the tests that need megatron-core skip on their own
+            return
+        from megatron_gatednorm.cpu_shim import apply_cpu_shim
+
+        apply_cpu_shim()
 
 WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent

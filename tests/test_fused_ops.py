@@ -9,7 +9,7 @@ Tolerances (max |fused - ref| / max |ref| per tensor, reference in float64 on CP
 inputs): fp32 inputs 2e-5 for the output and every gradient; bf16/fp16 inputs 1.6e-2 for the
 output and dx (a couple of 16-bit roundings) and 1e-4 for the fp32 parameter gradients. The
 16-bit bounds hold compiled and interpreted alike because the kernels' 16-bit dots are three
-split-bf16 products with the same arithmetic in both modes (``triton_rms_norm``'s docstring);
+split-bf16 products with the same arithmetic in both modes (``gated_rms_norm_triton``'s docstring);
 measured in the interpreter: parameter gradients 1.8e-5..5.1e-5, output/dx 2e-4..6.7e-3.
 """
 

@@ -1,7 +1,7 @@
 """Triton availability, interpreter detection, launch settings and contiguity for the fused norms.
 
 Importing this module never imports triton; :func:`triton_status` does, once, and caches
-the answer. The kernel module (``triton_rms_norm``) is imported lazily through
+the answer. The kernel module (``gated_rms_norm_triton``) is imported lazily through
 :func:`kernel_module` because triton decides at ``@triton.jit`` decoration time whether a
 kernel is compiled or interpreted (``TRITON_INTERPRET=1``), so the environment variable must
 be set before the first fused call, not merely before ``import megatron_gatednorm``.
@@ -43,9 +43,9 @@ def kernel_module():
     ok, why = triton_status()
     if not ok:
         raise RuntimeError(f"fused norm kernels need triton, which is not importable ({why})")
-    from megatron_gatednorm.ops import triton_rms_norm
+    from megatron_gatednorm.ops import gated_rms_norm_triton
 
-    return triton_rms_norm
+    return gated_rms_norm_triton
 
 
 def next_pow2(n: int) -> int:
@@ -59,7 +59,7 @@ _ROW_TILE = 8192             # fp32 elements of x per program in the row-on-chip
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Which kernels run for one call and how they are launched (see ``triton_rms_norm``).
+    """Which kernels run for one call and how they are launched (see ``gated_rms_norm_triton``).
 
     Block sizes are chosen for the register budget, not tuned on a GPU. ``groups`` is the
     number of fp32 weight-gradient partial rows: independent of the token count.

@@ -25,7 +25,7 @@ kernel                 activations  small per-token tensors
 
 So forward is 2d at the floor for every variant, the ungated backward (d <= 8192) 3d at the
 floor, and the gated backward 5d against a 3d floor (x and dy are read twice: see
-``triton_rms_norm``'s docstring for why Triton cannot do better here).
+``gated_rms_norm_triton``'s docstring for why Triton cannot do better here).
 """
 
 from __future__ import annotations
