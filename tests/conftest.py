@@ -39,6 +39,24 @@ def pytest_sessionstart(session):
 
         apply_cpu_shim()
 
+@pytest.fixture(scope="session")
+def kernels():
+    """The fused kernel module: compiled on CUDA, interpreted on CPU (any other combination is a
+    setup error); skips with the reason if triton is not importable."""
+    from megatron_gatednorm.ops._triton_utils import kernel_module, triton_status
+
+    ok, why = triton_status()
+    if not ok:
+        pytest.skip(f"triton not importable: {why}")
+    mod = kernel_module()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert mod._INTERPRETED == (device == "cpu"), (
+        f"kernels defined {'interpreted' if mod._INTERPRETED else 'compiled'} but tests run on "
+        f"{device}: TRITON_INTERPRET must be set exactly when CUDA is absent (tests/conftest.py)"
+    )
+    return mod
+
+
 WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
 

@@ -5,31 +5,16 @@ variant; the cases of a model are its distinct norm modules."""
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first defined (also set by conftest)
+from megatron_gatednorm import fused_check
+from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norms import norm_class
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from megatron_gatednorm import fused_check  # noqa: E402
-from megatron_gatednorm.config import NormConfig  # noqa: E402
-from megatron_gatednorm.norms import norm_class  # noqa: E402
-from megatron_gatednorm.ops._triton_utils import kernel_module, triton_status  # noqa: E402
 
 FUSED = ("rmsnorm", "gatednorm", "preaffine", "preaffine_gatednorm")
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    ok, why = triton_status()
-    if not ok:
-        pytest.skip(f"triton not importable: {why}")
-    mod = kernel_module()
-    interpreted = any(type(v).__name__ == "InterpretedFunction" for v in vars(mod).values())
-    if not interpreted and not torch.cuda.is_available():
-        pytest.skip("the kernels were defined before TRITON_INTERPRET=1 was set in this process")
-    return mod
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, the interpreter on CPU
 
 
 def case(variant, hidden=32, zero_centered_gamma=False, **nc):
@@ -40,7 +25,7 @@ def case(variant, hidden=32, zero_centered_gamma=False, **nc):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_every_fused_variant_passes_well_inside_the_tolerance(kernels, dtype):
     cases = [case(v, zero_centered_gamma=zc) for v in FUSED for zc in (False, True)]
-    results = fused_check.check_fused_norms(cases, dtype, "cpu")
+    results = fused_check.check_fused_norms(cases, dtype, DEVICE)
     assert [r.status for r in results] == ["ok"] * len(cases), [str(r) for r in results]
     assert max(r.error for r in results) < fused_check.TOLERANCES[dtype] / 4, [str(r) for r in results]
 
@@ -52,20 +37,20 @@ def test_every_fused_variant_passes_well_inside_the_tolerance(kernels, dtype):
     ("gatednorm", {"granularity": "tensorwise"}, "granularity=tensorwise not fused"),
 ])
 def test_unfused_configurations_are_skipped_with_the_reason(kernels, variant, nc, reason):
-    result = fused_check.check_case(case(variant, **nc), torch.float32, "cpu")
+    result = fused_check.check_case(case(variant, **nc), torch.float32, DEVICE)
     assert (result.status, result.detail) == ("skipped", f"{reason} (training runs the eager path)")
 
 
 def test_eager_request_skips(kernels, monkeypatch):
     monkeypatch.setenv("MGN_NORM_IMPL", "eager")
-    result = fused_check.check_case(case("gatednorm"), torch.float32, "cpu")
+    result = fused_check.check_case(case("gatednorm"), torch.float32, DEVICE)
     assert (result.status, result.detail) == ("skipped", "MGN_NORM_IMPL=eager (training runs the eager path)")
 
 
 def test_a_perturbed_kernel_fails_naming_the_variant_and_the_tensors(kernels, monkeypatch):
     good = kernels.fused_rms_norm
     monkeypatch.setattr(kernels, "fused_rms_norm", lambda x, **kw: good(x, **kw) * 1.2)
-    results = fused_check.check_fused_norms([case("preaffine"), case("gatednorm")], torch.float32, "cpu")
+    results = fused_check.check_fused_norms([case("preaffine"), case("gatednorm")], torch.float32, DEVICE)
     assert [r.status for r in results] == ["failed", "ok"]  # the gated kernel is untouched
     assert str(results[0]).startswith(
         "preaffine(hidden 32): failed: max |fused - eager| / max |eager| above 0.002 (float32): output 0.2")
@@ -77,11 +62,11 @@ def test_a_raising_or_nan_kernel_fails(kernels, monkeypatch):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(kernels, "gated_rms_norm", broken)
-    result = fused_check.check_case(case("gatednorm"), torch.bfloat16, "cpu")
+    result = fused_check.check_case(case("gatednorm"), torch.bfloat16, DEVICE)
     assert result.status == "failed"
     assert result.detail == "fused path raised RuntimeError: CUDA error: an illegal memory access was encountered"
     monkeypatch.setattr(kernels, "gated_rms_norm", lambda x, **kw: x * float("nan"))
-    result = fused_check.check_case(case("preaffine_gatednorm"), torch.bfloat16, "cpu")
+    result = fused_check.check_case(case("preaffine_gatednorm"), torch.bfloat16, DEVICE)
     assert result.status == "failed" and "output nan" in result.detail
 
 

@@ -25,23 +25,10 @@ import torch
 
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.ops import _triton_utils, dispatch, reference
-from megatron_gatednorm.ops._triton_utils import kernel_module, triton_status
+from megatron_gatednorm.ops._triton_utils import triton_status
 
 _TRITON_OK, _TRITON_WHY = triton_status()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    """The kernel module: compiled on CUDA, interpreted on CPU (anything else is a setup error)."""
-    if not _TRITON_OK:
-        pytest.skip(f"triton not importable: {_TRITON_WHY}")
-    mod = kernel_module()
-    assert mod._INTERPRETED == (DEVICE == "cpu"), (
-        f"kernels defined {'interpreted' if mod._INTERPRETED else 'compiled'} but tests run on "
-        f"{DEVICE}: TRITON_INTERPRET must be set exactly when CUDA is absent (tests/conftest.py)"
-    )
-    return mod
 
 
 def _params(d, rank, *, pre, gated, zc, seed=0):

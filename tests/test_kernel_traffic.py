@@ -21,16 +21,6 @@ VARIANTS = {  # name: (pre, gated)
 }
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    ok, why = _triton_utils.triton_status()
-    if not ok:
-        pytest.skip(f"triton not importable: {why}")
-    mod = _triton_utils.kernel_module()
-    assert mod._INTERPRETED
-    return mod
-
-
 def _measure(kernels, rows, d, rank, *, pre, gated, dtype, param_dtype):
     from interpreter_traffic import record
 

@@ -10,16 +10,12 @@
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first defined (also set by conftest)
+from megatron_gatednorm.config import NormConfig
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from megatron_gatednorm.config import NormConfig  # noqa: E402
-from megatron_gatednorm.ops._triton_utils import kernel_module, triton_status  # noqa: E402
-from megatron_gatednorm.parity import ModelShape  # noqa: E402
+from megatron_gatednorm.parity import ModelShape
 
 pytest.importorskip("megatron.core")
 
@@ -37,17 +33,6 @@ def world():
     from megatron_gatednorm.model import init_distributed
 
     init_distributed(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    ok, why = triton_status()
-    if not ok:
-        pytest.skip(f"triton not importable: {why}")
-    mod = kernel_module()
-    if not any(type(v).__name__ == "InterpretedFunction" for v in vars(mod).values()):
-        pytest.skip("the kernels were defined before TRITON_INTERPRET=1 was set in this process")
-    return mod
 
 
 def build(nc: NormConfig, **recompute):
