@@ -32,6 +32,15 @@ def fail(tool: str, message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def select_kernel_mode(cpu_smoke: bool) -> None:
+    """Triton's interpreter for a CPU smoke run, compiled kernels otherwise; call before the
+    fused kernels are first defined (triton fixes the mode then)."""
+    if cpu_smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        os.environ.pop("TRITON_INTERPRET", None)
+
+
 def cuda_or_reason():
     """``None`` if a CUDA device is usable, else the reason (one line)."""
     import torch

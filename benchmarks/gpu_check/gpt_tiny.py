@@ -186,10 +186,8 @@ def ddp(setup, variant, ref):
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    if args.cpu_smoke:
-        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first defined
-    else:
-        os.environ.pop("TRITON_INTERPRET", None)
+    C.select_kernel_mode(args.cpu_smoke)
+    if not args.cpu_smoke:
         reason = C.cuda_or_reason()
         if reason:
             C.fail("gpt_tiny", f"needs CUDA: {reason}; --cpu-smoke checks this script on CPU")

@@ -234,10 +234,7 @@ def registers(cpu_smoke):
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    if args.cpu_smoke:
-        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are first defined
-    else:
-        os.environ.pop("TRITON_INTERPRET", None)
+    C.select_kernel_mode(args.cpu_smoke)
     os.environ["MGN_NORM_IMPL"] = "fused"  # a module that cannot fuse raises instead of falling back
     import triton
 
