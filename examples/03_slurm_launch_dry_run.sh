@@ -8,7 +8,8 @@
 # --dry-run by --submit to write <run_dir>/sbatch/*.sbatch and call sbatch.
 #
 # The command line, piece by piece:
-#   dense2b_gatednorm              recipe launch/recipes/dense2b_gatednorm.yaml (extends dense2b.yaml);
+#   dense2b_gatednorm              recipe megatron_gatednorm/recipes/dense2b_gatednorm.yaml (extends
+#                                  dense2b.yaml); your own: --recipe-dir DIR or MGN_RECIPE_DIR;
 #                                  overlays join with '+', e.g. dense2b_gatednorm+clip100
 #   lr=2e-3                        override of a recipe key (coerced to the type it replaces)
 #   data_path=...                  Megatron's --data-path (required by --submit; mock_data=true for smoke runs)

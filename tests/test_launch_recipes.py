@@ -4,6 +4,7 @@ overrides (coercion, unknown keys with close matches), and the launcher's import
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,71 @@ def test_recipe_json_round_trip():
     r = load_recipe("moe24b_a3b_gatednorm", ["lr=1e-3"], nodes=4)
     back = Recipe.from_dict(json.loads(json.dumps(r.to_dict())))
     assert make_plan(back, 4).megatron == make_plan(r, 4).megatron
+
+
+def test_builtin_recipes_are_package_data():
+    import megatron_gatednorm
+
+    builtin = Path(str(recipe_dir()))
+    assert builtin == Path(megatron_gatednorm.__file__).resolve().parent / "recipes"
+    assert {"dense2b", "moe24b_a3b", "tiny"} <= set(RECIPES) and "clip100" in OVERLAYS
+    assert (builtin / "base" / "moe_common.yaml").is_file()
+    assert not (ROOT / "launch" / "recipes").exists()  # launch/ keeps only the documentation
+
+
+def _user_dir(tmp_path):
+    d = tmp_path / "my_recipes"
+    (d / "overlays").mkdir(parents=True)
+    (d / "mine.yaml").write_text("base: dense2b_gatednorm\ndescription: mine\nmegatron: {lr: 3.0e-4}\n")
+    (d / "overlays" / "short.yaml").write_text("launch: {train_tokens: 1.0e+9}\n")
+    (d / "dense2b.yaml").write_text("base: base/moe_common\n")  # shadows the built-in dense2b by name only
+    return d
+
+
+def test_user_recipe_dir_extends_builtin_recipes(tmp_path, monkeypatch):
+    d = _user_dir(tmp_path)
+    monkeypatch.delenv("MGN_RECIPE_DIR", raising=False)
+    r = load_recipe("mine+short+clip100", nodes=1, recipe_dirs=[str(d)])
+    assert r.megatron["lr"] == 3.0e-4 and r.gatednorm["norm_variant"] == "gatednorm"
+    assert r.launch["train_tokens"] == 1e9 and r.gatednorm["residual_clip"] == 100.0
+    assert r.sources[-1].endswith("overlays/clip100.yaml") and r.sources[-3] == str(d / "mine.yaml")
+    assert r.recipe_dirs == [str(d.resolve())]
+    # a built-in recipe's base stays built-in even when a user recipe shadows its name
+    builtin_dense2b = str(Path(str(recipe_dir())) / "dense2b.yaml")
+    assert load_recipe("dense2b_gatednorm", recipe_dirs=[str(d)]).sources[0] == builtin_dense2b
+    assert load_recipe("dense2b", recipe_dirs=[str(d)]).sources[-1] == str(d / "dense2b.yaml")
+    monkeypatch.setenv("MGN_RECIPE_DIR", str(d))  # the environment variable: same search
+    assert load_recipe("mine").megatron["lr"] == 3.0e-4
+    monkeypatch.setenv("MGN_RECIPE_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=r"invalid MGN_RECIPE_DIR='.*nowhere': not a directory"):
+        load_recipe("dense2b")
+
+
+def test_unknown_user_recipe_names_where_it_looked(tmp_path, monkeypatch):
+    d = _user_dir(tmp_path)
+    monkeypatch.delenv("MGN_RECIPE_DIR", raising=False)
+    with pytest.raises(ValueError) as e:
+        load_recipe("mien", recipe_dirs=[str(d)])
+    msg = str(e.value)
+    assert msg.startswith("invalid recipe='mien': no such file in ") and "\n" not in msg
+    assert f"{d.resolve()} (--recipe-dir)" in msg and f"{recipe_dir()} (built-in)" in msg
+    assert "did you mean mine" in msg
+    with pytest.raises(ValueError, match=r"invalid --recipe-dir='.*nowhere': not a directory"):
+        load_recipe("dense2b", recipe_dirs=[str(tmp_path / "nowhere")])
+
+
+def test_launch_command_takes_recipe_dir(tmp_path):
+    d = _user_dir(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "MGN_RECIPE_DIR"}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "megatron_gatednorm.cli", "launch", "--nodes", "1", "--recipe-dir", str(d)]
+    out = subprocess.run(cmd + ["mine+clip100", "data_path=/d"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    builtin = Path(str(recipe_dir()))
+    assert (f"# recipe        mine+clip100  ({builtin / 'dense2b.yaml'} + {builtin / 'dense2b_gatednorm.yaml'} + "
+            f"{d / 'mine.yaml'} + {builtin / 'overlays' / 'clip100.yaml'})") in out.stdout
+    assert f"# re-render with: mgn launch mine+clip100 data_path=/d --nodes 1 --recipe-dir {d.resolve()}" in out.stdout
+    bad = subprocess.run(cmd + ["mien"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.stderr.startswith("mgn launch: error: invalid recipe='mien': no such file in ")
+    assert "did you mean mine" in bad.stderr

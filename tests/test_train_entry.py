@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from conftest import free_port
+from megatron_gatednorm.launch.recipes import recipe_dir
 from slurm_cluster import in_ci  # tests/ is on sys.path (pytest rootdir-relative import)
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
-RECIPES = sorted(p.stem for p in (ROOT / "launch" / "recipes").glob("*.yaml"))
-OVERLAYS = sorted(p.stem for p in (ROOT / "launch" / "recipes" / "overlays").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in recipe_dir().glob("*.yaml"))  # built-in: megatron_gatednorm/recipes
+OVERLAYS = sorted(p.stem for p in (recipe_dir() / "overlays").glob("*.yaml"))
 
 
 def _cases():

@@ -10,10 +10,12 @@ HELP = "Validate a recipe for N nodes and print (--dry-run) or submit (--submit)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe name or path, optionally with overlays: dense2b_gatednorm+clip100")
+    p.add_argument("recipe", help="recipe name or path, optionally with overlays: dense2b_gatednorm+clip100 "
+                                  "(built-in recipes: megatron_gatednorm/recipes; see --recipe-dir)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override a recipe key (section.key=value for a key the recipe does not have)")
     p.add_argument("--nodes", type=int, required=True, help="number of nodes")
+    add_recipe_dir_argument(p)
     p.add_argument("--gpu-memory-gb", type=float, default=None,
                    help="memory per GPU to check the estimate against (default: launch.gpu_memory_gb)")
     mode = p.add_mutually_exclusive_group()
@@ -22,13 +24,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="with --dry-run: print the derived numbers and argv as JSON")
 
 
-def build(recipe: str, overrides, nodes: int, gpu_memory_gb=None):
+def add_recipe_dir_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe-dir", action="append", default=[], metavar="DIR",
+                   help="directory of your own recipes (NAME.yaml, overlays/NAME.yaml), searched before "
+                        "$MGN_RECIPE_DIR and the built-in recipes; repeatable. A recipe there may name a "
+                        "built-in base or overlay")
+
+
+def build(recipe: str, overrides, nodes: int, gpu_memory_gb=None, recipe_dirs=()):
     """(plan, script) for a recipe; raises ValueError naming the field on any problem."""
     from megatron_gatednorm.launch.recipes import load_recipe
     from megatron_gatednorm.launch.sbatch import render
     from megatron_gatednorm.launch.validate import make_plan
 
-    r = load_recipe(recipe, overrides, nodes=nodes)
+    r = load_recipe(recipe, overrides, nodes=nodes, recipe_dirs=recipe_dirs)
     plan = make_plan(r, nodes, gpu_memory_gb)
     return plan, render(plan)
 
@@ -71,7 +80,7 @@ def run(args) -> int:
     from megatron_gatednorm.launch.sbatch import submit
     from megatron_gatednorm.launch.validate import check_submittable
 
-    plan, script = build(args.recipe, args.overrides, args.nodes, args.gpu_memory_gb)
+    plan, script = build(args.recipe, args.overrides, args.nodes, args.gpu_memory_gb, args.recipe_dir)
     argv = megatron_argv(plan)
     if args.submit:
         check_submittable(plan)

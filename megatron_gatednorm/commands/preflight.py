@@ -35,10 +35,13 @@ FUSED_CHECK_MODES = ("auto", "on", "off")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from megatron_gatednorm.commands.launch import add_recipe_dir_argument
+
     p.add_argument("--recipe-json", help="resolved recipe written by the sbatch script ($RUN_DIR/recipe.json)")
-    p.add_argument("--recipe", help="recipe name (instead of --recipe-json)")
+    p.add_argument("--recipe", help="recipe name (instead of --recipe-json; see --recipe-dir)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--nodes", type=int, help="with --recipe")
+    add_recipe_dir_argument(p)
     p.add_argument("--timeout-s", type=float, default=120.0, help="rendezvous timeout")
     p.add_argument("--rtol", type=float, default=0.0,
                    help="allowed relative difference of the built total from the expected count")
@@ -68,7 +71,9 @@ def load_plan(args):
         return make_plan(recipe, int(data["nodes"]), data.get("gpu_memory_gb"))
     if not args.recipe or not args.nodes:
         raise ValueError("preflight needs --recipe-json PATH, or --recipe NAME and --nodes N")
-    return make_plan(load_recipe(args.recipe, args.overrides, nodes=args.nodes), args.nodes)
+    recipe = load_recipe(args.recipe, args.overrides, nodes=args.nodes,
+                         recipe_dirs=getattr(args, "recipe_dir", None) or ())
+    return make_plan(recipe, args.nodes)
 
 
 def count_local_params(model) -> int:

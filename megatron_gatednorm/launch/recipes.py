@@ -12,10 +12,20 @@ A recipe file has these sections (all optional except where a base provides them
 ``choices``    for each hyper-parameter the paper does not state: the choice and its source.
 
 ``mgn launch dense2b_gatednorm+clip100`` applies the overlay ``overlays/clip100.yaml`` on top
-of the recipe. Overrides ``key=value`` (or ``section.key=value``) are applied last; a bare key
-must name an existing key of exactly one section, and its value is coerced to the type of the
-value it replaces. New keys need the explicit section (``megatron.use_flash_attn=true``,
-``env.NCCL_DEBUG=INFO``).
+of the recipe.
+
+Where recipes are looked for (first match wins): a name that is a file path; then each
+``--recipe-dir DIR`` in the order given, each entry of ``MGN_RECIPE_DIR`` (``os.pathsep``-separated),
+and the built-in recipes shipped as package data (``megatron_gatednorm/recipes``, read with
+:func:`importlib.resources.files`). In each directory ``NAME``, ``NAME.yaml``, ``overlays/NAME`` and
+``overlays/NAME.yaml`` are tried. A ``base:`` is looked for next to the file that names it, then in
+that file's recipe directory, then like a name on the command line — so a user recipe may extend a
+built-in one (``base: dense2b``) or use a built-in overlay, and a built-in recipe's base always
+resolves to the built-in one.
+
+Overrides ``key=value`` (or ``section.key=value``) are applied last; a bare key must name an
+existing key of exactly one section, and its value is coerced to the type of the value it replaces.
+New keys need the explicit section (``megatron.use_flash_attn=true``, ``env.NCCL_DEBUG=INFO``).
 """
 
 from __future__ import annotations
@@ -23,10 +33,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -73,12 +84,48 @@ SLURM_DEFAULTS: Dict[str, Any] = dict(
 )
 
 
-def recipe_dir() -> Path:
-    """``launch/recipes`` of this checkout (``MGN_RECIPE_DIR`` overrides)."""
-    env = os.environ.get("MGN_RECIPE_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "launch" / "recipes"
+RECIPE_DIR_ENV = "MGN_RECIPE_DIR"
+
+
+def recipe_dir():
+    """The built-in recipes: package data ``megatron_gatednorm/recipes`` (with ``base/`` and
+    ``overlays/``), as an :mod:`importlib.resources` Traversable — a :class:`~pathlib.Path` for a
+    regular or editable install."""
+    return importlib.resources.files("megatron_gatednorm") / "recipes"
+
+
+def user_recipe_dirs(recipe_dirs: Sequence[str] = ()) -> List[Tuple[str, Path]]:
+    """``(origin, dir)`` of the user's recipe directories, searched before the built-in ones:
+    ``recipe_dirs`` (``--recipe-dir``, in order), then the entries of ``MGN_RECIPE_DIR``."""
+    given = [("--recipe-dir", d) for d in recipe_dirs]
+    given += [(RECIPE_DIR_ENV, d) for d in os.environ.get(RECIPE_DIR_ENV, "").split(os.pathsep) if d]
+    out = []
+    for origin, d in given:
+        path = Path(d).expanduser().resolve()
+        if not path.is_dir():
+            raise ValueError(f"invalid {origin}={str(d)!r}: not a directory")
+        out.append((origin, path))
+    return out
+
+
+def search_dirs(recipe_dirs: Sequence[str] = ()) -> List[Tuple[str, Any]]:
+    """``(origin, dir)`` in search order: the user's directories, then ``built-in``."""
+    return user_recipe_dirs(recipe_dirs) + [("built-in", recipe_dir())]
+
+
+def _yaml_stems(d) -> List[str]:
+    try:
+        return [p.name[: -len(".yaml")] for p in d.iterdir() if p.name.endswith(".yaml") and p.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def available(recipe_dirs: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
+    """(recipe names, overlay names) over all search directories, sorted, without duplicates."""
+    dirs = [d for _, d in search_dirs(recipe_dirs)]
+    recipes = sorted({n for d in dirs for n in _yaml_stems(d)})
+    overlays = sorted({n for d in dirs for n in _yaml_stems(d / "overlays")})
+    return recipes, overlays
 
 
 @dataclass
@@ -97,6 +144,7 @@ class Recipe:
     description: str = ""
     sources: List[str] = field(default_factory=list)
     overrides: List[str] = field(default_factory=list)
+    recipe_dirs: List[str] = field(default_factory=list)  # user recipe directories searched (absolute)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,20 +156,33 @@ class Recipe:
         return cls(**d)
 
 
-def _find(name: str, relative_to: Optional[Path] = None) -> Path:
-    candidates = []
-    if relative_to is not None:  # a base named relative to the file that names it
-        candidates += [relative_to / name, relative_to / f"{name}.yaml"]
-    candidates.append(Path(name))
-    rd = recipe_dir()
-    candidates += [rd / name, rd / f"{name}.yaml", rd / "overlays" / name, rd / "overlays" / f"{name}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    known = sorted(p.stem for p in rd.glob("*.yaml")) + sorted(p.stem for p in (rd / "overlays").glob("*.yaml"))
+def _candidates(d, name: str) -> list:
+    return [d / name, d / f"{name}.yaml", d / "overlays" / name, d / "overlays" / f"{name}.yaml"]
+
+
+def _find(name: str, dirs: Sequence[Tuple[str, Any]], first: Sequence[Any] = ()) -> Tuple[Any, Any]:
+    """``(file, recipe directory it was found in)`` for a recipe/overlay/base ``name``.
+
+    ``first``: directories tried before anything else (for a ``base:``, the naming file's folder
+    and recipe directory). Raises ValueError naming the recipe, where it was looked for and close
+    matches."""
+    for d in first:
+        if d is not None:
+            for c in _candidates(d, name):
+                if c.is_file():
+                    return c, d
+    if Path(name).is_file():
+        return Path(name), None
+    for _, d in dirs:
+        for c in _candidates(d, name):
+            if c.is_file():
+                return c, d
+    known = (sorted({n for _, d in dirs for n in _yaml_stems(d)})
+             + sorted({n for _, d in dirs for n in _yaml_stems(d / "overlays")}))
     close = difflib.get_close_matches(Path(name).stem, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(known)}"
-    raise ValueError(f"invalid recipe={name!r}: no such file in {rd}{hint}")
+    where = ", ".join(f"{d} ({origin})" for origin, d in dirs)
+    raise ValueError(f"invalid recipe={name!r}: no such file in {where}{hint}")
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -134,7 +195,7 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _read(path: Path, sources: List[str], depth: int = 0) -> dict:
+def _read(path, root, dirs, sources: List[str], depth: int = 0) -> dict:
     if depth > 8:
         raise ValueError(f"invalid base in {path}: inheritance deeper than 8 (a cycle?)")
     data = yaml.safe_load(path.read_text()) or {}
@@ -149,7 +210,8 @@ def _read(path: Path, sources: List[str], depth: int = 0) -> dict:
             )
     merged: dict = {}
     if data.get("base"):
-        merged = _read(_find(data["base"], path.parent), sources, depth + 1)
+        base_path, base_root = _find(str(data["base"]), dirs, first=(path.parent, root))
+        merged = _read(base_path, base_root, dirs, sources, depth + 1)
     sources.append(str(path))
     body = {k: v for k, v in data.items() if k != "base"}
     if "layouts" in body:  # a recipe's layouts replace the base's whole table
@@ -168,9 +230,12 @@ def select_layout(recipe: Recipe, nodes: int) -> Dict[str, Any]:
     return dict(recipe.layouts[max(usable)])
 
 
-def load_recipe(spec: str, overrides: Sequence[str] = (), nodes: Optional[int] = None) -> Recipe:
+def load_recipe(spec: str, overrides: Sequence[str] = (), nodes: Optional[int] = None,
+                recipe_dirs: Sequence[str] = ()) -> Recipe:
     """Load ``spec`` (``name`` or ``name+overlay+overlay``), merge the layout for ``nodes``
     (if given) into ``megatron``, then apply ``key=value`` overrides (which win over both).
+    ``recipe_dirs`` (``--recipe-dir``) and ``MGN_RECIPE_DIR`` are searched before the built-in
+    recipes (see the module doc).
 
     Raises:
         ValueError: unknown recipe/overlay/key (with close matches) or a value of the wrong type.
@@ -178,10 +243,11 @@ def load_recipe(spec: str, overrides: Sequence[str] = (), nodes: Optional[int] =
     parts = [p for p in spec.split("+") if p]
     if not parts:
         raise ValueError(f"invalid recipe={spec!r}: empty")
+    dirs = search_dirs(recipe_dirs)
     sources: List[str] = []
-    data = _read(_find(parts[0]), sources)
+    data = _read(*_find(parts[0], dirs), dirs, sources)
     for overlay in parts[1:]:
-        body = _read(_find(overlay), sources)
+        body = _read(*_find(overlay, dirs), dirs, sources)
         if "layouts" in body:
             data.pop("layouts", None)
         data = _merge(data, body)
@@ -200,6 +266,7 @@ def load_recipe(spec: str, overrides: Sequence[str] = (), nodes: Optional[int] =
         description=(data.get("description") or "").strip(),
         sources=sources,
         overrides=list(overrides),
+        recipe_dirs=[str(d) for origin, d in dirs if origin != "built-in"],
         **sections,
     )
     if nodes is not None:  # the layout's parallel settings, then the overrides on top

@@ -120,7 +120,8 @@ def render(plan) -> str:
     entry = shlex.split(launch["entrypoint"])
     srun = " ".join(_srun_prefix(plan))
     lines = ["#!/bin/bash", f"# {r.name}: rendered by `mgn launch` (megatron-gatednorm); do not edit by hand,",
-             f"# re-render with: mgn launch {r.name} {' '.join(shlex.quote(o) for o in r.overrides)} --nodes {plan.nodes}".rstrip()]
+             f"# re-render with: mgn launch {r.name} {' '.join(shlex.quote(o) for o in r.overrides)} "
+             f"--nodes {plan.nodes}" + "".join(f" --recipe-dir {shlex.quote(d)}" for d in r.recipe_dirs)]
     lines += header_lines(plan)
     lines += [
         "set -uo pipefail",
