@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?= -q
+PYTEST_ARGS ?= -q --durations=20
 
 .PHONY: setup quickstart test test-fast
 

@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 import torch  # noqa: E402
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORKERS = Path(__file__).parent / "workers"
 sys.path.insert(0, str(WORKERS))

@@ -15,6 +15,7 @@ def test_shim_active_from_session_start():
     assert cpu_shim.apply_cpu_shim() is True  # idempotent
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_shim_refuses_a_gpu_process():
     with pytest.raises(RuntimeError, match="this one has a GPU"):

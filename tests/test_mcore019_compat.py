@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.mcore019]
+
 ROOT = Path(__file__).parent.parent
 VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
 CORE_TESTS = ["tests/test_norms.py", "tests/test_specs.py", "tests/test_config_args.py", "tests/test_parallel.py"]

@@ -3,7 +3,7 @@ norms, each against a single-rank run of the same seeded model (torchrun, gloo, 
 
 import pytest
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 FP32_TIGHT = 1e-5  # logits/loss; fp32 reductions in another order differ by ~1e-7 here
 

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 

@@ -21,6 +21,8 @@ import pytest
 
 import slurm_cluster as sc  # tests/ is on sys.path (pytest rootdir-relative import)
 
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fake_megatron.py"
 

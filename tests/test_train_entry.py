@@ -17,6 +17,8 @@ from conftest import free_port
 from megatron_gatednorm.launch.recipes import recipe_dir
 from slurm_cluster import in_ci  # tests/ is on sys.path (pytest rootdir-relative import)
 
+pytestmark = [pytest.mark.slow, pytest.mark.mcore019]
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
 RECIPES = sorted(p.stem for p in recipe_dir().glob("*.yaml"))  # built-in: megatron_gatednorm/recipes
