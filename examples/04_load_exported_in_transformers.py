@@ -39,7 +39,7 @@ def make_megatron_checkpoint(ckpt_dir: Path) -> list:
     from megatron_gatednorm.config import NormConfig
     from megatron_gatednorm.convert.megatron_io import Arch, megatron_args
     from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
-    from megatron_gatednorm.parity import ModelShape
+    from megatron_gatednorm.model_shape import ModelShape
 
     init_distributed(device="cpu")  # 1-process gloo group + Megatron's parallel state (CPU shim)
     shape = ModelShape(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, kv_channels=16,

@@ -20,36 +20,8 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.parity import ModelShape
+from megatron_gatednorm.model_shape import ModelShape, megatron_default, transformer_config_kwargs
 from megatron_gatednorm.specs import get_gatednorm_block_spec
-
-_SHAPE_TO_CONFIG = {
-    "num_layers": "num_layers",
-    "hidden_size": "hidden_size",
-    "num_attention_heads": "num_attention_heads",
-    "num_query_groups": "num_query_groups",
-    "kv_channels": "kv_channels",
-    "ffn_hidden_size": "ffn_hidden_size",
-    "swiglu": "gated_linear_unit",
-    "add_bias_linear": "add_bias_linear",
-    "add_qkv_bias": "add_qkv_bias",
-    "qk_layernorm": "qk_layernorm",
-    "attention_output_gate": "attention_output_gate",
-    "num_experts": "num_moe_experts",
-    "moe_ffn_hidden_size": "moe_ffn_hidden_size",
-    "moe_shared_expert_intermediate_size": "moe_shared_expert_intermediate_size",
-    "moe_shared_expert_gate": "moe_shared_expert_gate",
-    "moe_router_topk": "moe_router_topk",
-    "moe_layer_freq": "moe_layer_freq",
-    "experimental_attention_variant": "experimental_attention_variant",
-    "linear_attention_freq": "linear_attention_freq",
-    "linear_conv_kernel_dim": "linear_conv_kernel_dim",
-    "linear_key_head_dim": "linear_key_head_dim",
-    "linear_value_head_dim": "linear_value_head_dim",
-    "linear_num_key_heads": "linear_num_key_heads",
-    "linear_num_value_heads": "linear_num_value_heads",
-}
-
 
 def transformer_config(shape: ModelShape, norm_config: Optional[NormConfig] = None, **overrides) -> TransformerConfig:
     """A TransformerConfig for ``shape`` (RMSNorm, no dropout unless overridden).
@@ -58,20 +30,16 @@ def transformer_config(shape: ModelShape, norm_config: Optional[NormConfig] = No
     """
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     kwargs = dict(
-        normalization="RMSNorm",
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        add_bias_linear=False,
         bias_activation_fusion=False,
         tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
         expert_model_parallel_size=parallel_state.get_expert_model_parallel_world_size(),
         context_parallel_size=parallel_state.get_context_parallel_world_size(),
     )
-    for shape_field, config_field in _SHAPE_TO_CONFIG.items():
-        value = getattr(shape, shape_field)
-        if value is not None and config_field in fields:
-            kwargs[config_field] = value
+    # the shape's fields and the plugin's fixed flags (RMSNorm ...), where this megatron-core has them
+    kwargs.update({k: v for k, v in transformer_config_kwargs(shape).items() if k in fields})
     if shape.swiglu:
         kwargs["activation_func"] = F.silu
     if shape.num_experts:
@@ -90,8 +58,8 @@ def build_gpt_model(
     use_transformer_engine: bool = False,
     max_sequence_length: Optional[int] = None,
     vp_stage: Optional[int] = None,
-    rotary_percent: float = 1.0,
-    rotary_base: int = 10000,
+    rotary_percent: float = megatron_default("rotary_percent"),
+    rotary_base: int = megatron_default("rotary_base"),
 ) -> GPTModel:
     """This pipeline stage's GPTModel with the plugin's block spec (``config.norm_config``)."""
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)

@@ -12,7 +12,7 @@ active parameters for "MoE-7B-A2B" (the paper: 7.4B / 1.7B) and 20.8B / 2.1B for
 counts they imply.
 """
 
-from megatron_gatednorm.parity import ModelShape
+from megatron_gatednorm.model_shape import ModelShape
 
 _COMMON = dict(
     hidden_size=2048,

@@ -9,83 +9,24 @@ million parameters; one unit of ``moe_ffn_hidden_size`` costs layers × experts 
 does not exceed the baseline.
 
 Counts are analytic (pure Python, no torch), so the launcher can use them on a login node;
-the test suite checks them against ``GPTModel`` built from the plugin's specs. Field names
-follow Megatron's flags (``--num-layers`` → ``num_layers``).
+the test suite checks them against ``GPTModel`` built from the plugin's specs. The shape is a
+:class:`~megatron_gatednorm.model_shape.ModelShape` (fields named after Megatron's flags).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from typing import Optional
 
 from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.model_shape import ModelShape, megatron_default
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The architecture fields that determine a GPT model's parameter count."""
-
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    ffn_hidden_size: int
-    vocab_size: int
-    num_query_groups: Optional[int] = None
-    kv_channels: Optional[int] = None
-    swiglu: bool = True
-    add_bias_linear: bool = False
-    add_qkv_bias: bool = False
-    untie_embeddings_and_output_weights: bool = False
-    qk_layernorm: bool = False
-    attention_output_gate: bool = False
-    position_embedding_type: str = "rope"
-    max_position_embeddings: int = 4096
-    num_experts: Optional[int] = None
-    moe_ffn_hidden_size: Optional[int] = None
-    moe_shared_expert_intermediate_size: Optional[int] = None
-    moe_shared_expert_gate: bool = False
-    moe_router_topk: int = 2
-    moe_layer_freq: Union[int, List[int]] = 1
-    experimental_attention_variant: Optional[str] = None
-    linear_attention_freq: Optional[Union[int, List[int]]] = None
-    linear_conv_kernel_dim: int = 4
-    linear_key_head_dim: int = 128
-    linear_value_head_dim: int = 128
-    linear_num_key_heads: int = 16
-    linear_num_value_heads: int = 32
-
-    @property
-    def head_dim(self) -> int:
-        return self.kv_channels or self.hidden_size // self.num_attention_heads
-
-    @property
-    def query_groups(self) -> int:
-        return self.num_query_groups or self.num_attention_heads
-
-    def moe_pattern(self) -> List[int]:
-        if not self.num_experts:
-            return [0] * self.num_layers
-        if isinstance(self.moe_layer_freq, int):
-            return [1 if i % self.moe_layer_freq == 0 else 0 for i in range(self.num_layers)]
-        return list(self.moe_layer_freq)
-
-    def linear_attention_pattern(self) -> List[int]:
-        if self.experimental_attention_variant != "gated_delta_net":
-            return [0] * self.num_layers
-        if isinstance(self.linear_attention_freq, int):
-            return [0 if (i + 1) % self.linear_attention_freq == 0 else 1 for i in range(self.num_layers)]
-        return list(self.linear_attention_freq)
-
-    def replace(self, **changes) -> "ModelShape":
-        return dataclasses.replace(self, **changes)
-
-
-def padded_vocab(vocab: int, divisible_by: int = 128, tensor_parallel: int = 1) -> int:
+def padded_vocab(vocab: int, divisible_by: Optional[int] = None, tensor_parallel: int = 1) -> int:
     """Megatron-LM's embedding rows: the vocabulary rounded up to a multiple of
-    ``--make-vocab-size-divisible-by`` × tensor-parallel size."""
-    multiple = divisible_by * tensor_parallel
+    ``--make-vocab-size-divisible-by`` (default: Megatron-LM's) × tensor-parallel size."""
+    multiple = (divisible_by or megatron_default("make_vocab_size_divisible_by")) * tensor_parallel
     return -(-vocab // multiple) * multiple
 
 

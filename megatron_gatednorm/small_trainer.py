@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from megatron_gatednorm.args import add_gatednorm_args
+from megatron_gatednorm.model_shape import add_flags, flags_from_extras, flags_from_shape
 
 # Production flags with no effect on this trainer's math (accepted, reported as ignored).
 _IGNORED = (
@@ -44,33 +45,18 @@ _IGNORED = (
 )
 
 
+# Where the small trainer's default differs from Megatron-LM's: the only value the plugin
+# supports (its checkpoints must convert; model_shape.check_supported refuses the rest).
+_DEFAULTS = dict(normalization="RMSNorm", position_embedding_type="rope")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mgn small-train", description=__doc__.split("\n")[0])
-    g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, required=True)
-    g.add_argument("--hidden-size", type=int, required=True)
-    g.add_argument("--num-attention-heads", type=int, required=True)
-    g.add_argument("--ffn-hidden-size", type=int, required=True)
-    g.add_argument("--group-query-attention", action="store_true")
-    g.add_argument("--num-query-groups", type=int, default=1)
-    g.add_argument("--kv-channels", type=int, default=None)
-    g.add_argument("--swiglu", action="store_true")
-    g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false")
-    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
-    g.add_argument("--qk-layernorm", action="store_true")
-    g.add_argument("--attention-output-gate", action="store_true")
-    g.add_argument("--normalization", default="RMSNorm", choices=("RMSNorm",))
-    g.add_argument("--norm-epsilon", type=float, default=1e-5)
-    g.add_argument("--position-embedding-type", default="rope", choices=("rope", "learned_absolute"))
-    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g = p.add_argument_group("model", "Megatron-LM's model flags (megatron_gatednorm.model_shape.MEGATRON_FLAGS)")
+    add_flags(g, defaults=_DEFAULTS)
     g.add_argument("--seq-length", type=int, required=True)
     g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--num-experts", type=int, default=None)
-    g.add_argument("--moe-ffn-hidden-size", type=int, default=None)
-    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None)
-    g.add_argument("--moe-router-topk", type=int, default=2)
     g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0)
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--attention-dropout", type=float, default=0.0)
     g.add_argument("--hidden-dropout", type=float, default=0.0)
     g = p.add_argument_group("parallelism")
@@ -325,16 +311,18 @@ def train(argv: Optional[List[str]] = None) -> dict:
     tokenizer = _Tokenizer(args)
     args.padded_vocab_size = padded_vocab(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
                                           args.tensor_model_parallel_size)
-    args.max_position_embeddings = args.max_position_embeddings or args.seq_length
-    shape = arch_from_args(args, where="small-train flags").shape
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    arch = arch_from_args(args, where="small-train flags")
+    shape = arch.shape
+    # saved with the derived values (as Megatron-LM's validate_args does) and under 0.16's names too
+    vars(args).update(flags_from_shape(shape), **flags_from_extras(arch.extras()))
     config = transformer_config(
-        shape, nc, params_dtype=dtype, bf16=args.bf16, sequence_parallel=args.sequence_parallel,
-        init_method_std=args.init_method_std, layernorm_epsilon=args.norm_epsilon,
-        use_cpu_initialization=device == "cpu", moe_aux_loss_coeff=args.moe_aux_loss_coeff,
-        attention_dropout=args.attention_dropout, hidden_dropout=args.hidden_dropout,
+        shape, nc, **arch.transformer_config_overrides(), bf16=args.bf16, sequence_parallel=args.sequence_parallel,
+        init_method_std=args.init_method_std, use_cpu_initialization=device == "cpu",
+        moe_aux_loss_coeff=args.moe_aux_loss_coeff, attention_dropout=args.attention_dropout,
+        hidden_dropout=args.hidden_dropout,
     )
-    model = build_gpt_model(shape, config, max_sequence_length=args.seq_length)
+    model = build_gpt_model(shape, config, max_sequence_length=args.seq_length, rotary_percent=arch.rotary_percent,
+                            rotary_base=arch.rotary_base)
     optimizer = torch.optim.AdamW(
         _param_groups(model, args.weight_decay), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_eps,

@@ -75,7 +75,7 @@ def test_cases_are_the_distinct_norm_modules_of_a_model():
     if torch.cuda.is_available():
         pytest.skip("CPU-only test: the CPU shim refuses to run where CUDA is available")
     from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
-    from megatron_gatednorm.parity import ModelShape
+    from megatron_gatednorm.model_shape import ModelShape
 
     init_distributed(device="cpu")
     shape = ModelShape(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=96, vocab_size=128,

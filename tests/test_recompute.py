@@ -15,7 +15,7 @@ import torch
 
 from megatron_gatednorm.config import NormConfig
 
-from megatron_gatednorm.parity import ModelShape
+from megatron_gatednorm.model_shape import ModelShape
 
 pytest.importorskip("megatron.core")
 

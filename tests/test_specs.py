@@ -5,7 +5,8 @@ import torch
 
 from megatron_gatednorm.config import VARIANTS, NormConfig
 from megatron_gatednorm.paper import PAPER_MODELS
-from megatron_gatednorm.parity import ModelShape, count_params, parity_ffn
+from megatron_gatednorm.model_shape import ModelShape
+from megatron_gatednorm.parity import count_params, parity_ffn
 
 megatron = pytest.importorskip("megatron.core")
 

@@ -48,7 +48,7 @@ class Setup:
     """Shape, dtype and data of the run; builds seeded models."""
 
     def __init__(self, cpu_smoke: bool):
-        from megatron_gatednorm.parity import ModelShape
+        from megatron_gatednorm.model_shape import ModelShape
 
         self.cuda = not cpu_smoke
         self.dev = "cuda" if self.cuda else "cpu"

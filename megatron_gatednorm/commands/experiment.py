@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from megatron_gatednorm.model_shape import ModelShape, shape_to_argv
 
 HELP = "Reproduce the paper's comparison at small scale (train 4 variants, outliers, W4A4) → results.md."
 
@@ -24,11 +27,58 @@ VARIANTS = {
     "gatednorm": ["--norm-variant", "gatednorm"],
     "clip100": ["--norm-variant", "rmsnorm", "--residual-clip", "100"],
 }
-# name -> (layers, hidden, heads, groups, ffn, seq, micro, global, iters, lr, eval windows, vocab, works)
+
+
+@dataclass(frozen=True)
+class ExperimentSize:
+    """One ``--size`` of the experiment: the baseline model, its training run and its evaluation."""
+
+    num_layers: int
+    """Transformer layers."""
+    hidden_size: int
+    """Residual-stream width."""
+    num_attention_heads: int
+    """Query heads."""
+    num_query_groups: int
+    """Key/value heads (grouped-query attention)."""
+    ffn_hidden_size: int
+    """The baseline's FFN width; the other variants get their parity width (parity.parity_ffn)."""
+    seq_length: int
+    """Tokens per training sequence and per held-out window."""
+    micro_batch_size: int
+    """Sequences per forward/backward pass."""
+    global_batch_size: int
+    """Sequences per optimizer step."""
+    train_iters: int
+    """Optimizer steps."""
+    lr: float
+    """Peak learning rate (warm-up over a tenth of the run, cosine to a tenth of it)."""
+    eval_windows: int
+    """Held-out windows that ``mgn outliers`` and ``mgn quant`` evaluate."""
+    vocab_size: int
+    """Size of the BPE vocabulary that ``mgn data`` trains (before Megatron's padding)."""
+    max_works: int
+    """Works of the corpus that ``mgn data`` takes (0: all)."""
+
+    def shape(self, padded_vocab: int) -> ModelShape:
+        """The baseline model (every variant has gated attention and QK-norm, the paper's baseline)."""
+        return ModelShape(
+            num_layers=self.num_layers, hidden_size=self.hidden_size, num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups, ffn_hidden_size=self.ffn_hidden_size, vocab_size=padded_vocab,
+            qk_layernorm=True, attention_output_gate=True, max_position_embeddings=self.seq_length,
+        )
+
+
 SIZES = {
-    "quick": (2, 64, 4, 2, 176, 64, 8, 16, 60, 3e-3, 8, 2048, 12),
-    "default": (4, 128, 4, 2, 352, 128, 8, 16, 300, 3e-3, 16, 4096, 0),
-    "gpu": (8, 512, 8, 2, 1376, 256, 16, 64, 1500, 2e-3, 64, 8192, 0),
+    "quick": ExperimentSize(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                            ffn_hidden_size=176, seq_length=64, micro_batch_size=8, global_batch_size=16,
+                            train_iters=60, lr=3e-3, eval_windows=8, vocab_size=2048, max_works=12),
+    "default": ExperimentSize(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                              ffn_hidden_size=352, seq_length=128, micro_batch_size=8, global_batch_size=16,
+                              train_iters=300, lr=3e-3, eval_windows=16, vocab_size=4096, max_works=0),
+    "gpu": ExperimentSize(num_layers=8, hidden_size=512, num_attention_heads=8, num_query_groups=2,
+                          ffn_hidden_size=1376, seq_length=256, micro_batch_size=16, global_batch_size=64,
+                          train_iters=1500, lr=2e-3, eval_windows=64, vocab_size=8192, max_works=0),
 }
 
 
@@ -40,26 +90,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234)
 
 
-def _parity_ffn(size, vocab: int, variant_flags) -> int:
-    """FFN width giving this variant the baseline's parameter count."""
+def _norm_config(variant_flags):
     from megatron_gatednorm.args import add_gatednorm_args, norm_config_from_args
-    from megatron_gatednorm.parity import ModelShape, parity_ffn
 
-    layers, hidden, heads, groups, ffn, seq = size[:6]
-    shape = ModelShape(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_query_groups=groups,
-                       ffn_hidden_size=ffn, vocab_size=vocab, qk_layernorm=True, attention_output_gate=True,
-                       max_position_embeddings=seq)
-    nc = norm_config_from_args(add_gatednorm_args(argparse.ArgumentParser()).parse_args(variant_flags))
-    return parity_ffn(shape, nc).width
+    return norm_config_from_args(add_gatednorm_args(argparse.ArgumentParser()).parse_args(variant_flags))
 
 
-def _trainer_argv(size, data: Path, save: Path, seed: int, ffn: int):
-    layers, hidden, heads, groups, _, seq, micro, gbs, iters, lr, _, _, _ = size
-    return [
-        "--num-layers", str(layers), "--hidden-size", str(hidden), "--num-attention-heads", str(heads),
-        "--group-query-attention", "--num-query-groups", str(groups), "--ffn-hidden-size", str(ffn),
-        "--swiglu", "--disable-bias-linear", "--qk-layernorm", "--attention-output-gate",
-        "--seq-length", str(seq), "--micro-batch-size", str(micro), "--global-batch-size", str(gbs),
+def _parity_shape(size: ExperimentSize, padded_vocab: int, variant_flags) -> ModelShape:
+    """The baseline shape with this variant's parity FFN width (the baseline's parameter count)."""
+    from megatron_gatednorm.parity import parity_ffn
+
+    shape = size.shape(padded_vocab)
+    return shape.replace(ffn_hidden_size=parity_ffn(shape, _norm_config(variant_flags)).width)
+
+
+def _trainer_argv(size: ExperimentSize, shape: ModelShape, data: Path, save: Path, seed: int):
+    """The small trainer's flags: the model's from the flag table, then training, data and logging."""
+    iters, lr = size.train_iters, size.lr
+    return shape_to_argv(shape) + [
+        "--seq-length", str(size.seq_length), "--micro-batch-size", str(size.micro_batch_size),
+        "--global-batch-size", str(size.global_batch_size),
         "--train-iters", str(iters), "--lr", str(lr), "--min-lr", str(lr / 10), "--lr-warmup-iters", str(iters // 10),
         "--weight-decay", "0.1", "--adam-beta2", "0.95", "--clip-grad", "1.0", "--seed", str(seed),
         "--data-path", str(data / "train_text_document"), "--valid-data-path", str(data / "heldout_text_document"),
@@ -92,23 +142,22 @@ def run(args) -> int:
     data = out / "data"
     t0 = time.time()
     if not (data / "data.json").exists():
-        vocab, works = size[11], size[12]
-        argv = ["data", "--out", str(data), "--vocab-size", str(vocab)]
-        if works:
-            argv += ["--max-works", str(works)]
+        argv = ["data", "--out", str(data), "--vocab-size", str(size.vocab_size)]
+        if size.max_works:
+            argv += ["--max-works", str(size.max_works)]
         if mgn(argv) != 0:
             raise RuntimeError("mgn data failed")
     results = {}
     padded = padded_vocab(json.loads((data / "data.json").read_text())["vocab_size"])
     for name in names:
         run_dir = out / "runs" / name
-        ffn = _parity_ffn(size, padded, VARIANTS[name])
-        summary = train(_trainer_argv(size, data, run_dir, args.seed, ffn) + VARIANTS[name])
+        shape = _parity_shape(size, padded, VARIANTS[name])
+        summary = train(_trainer_argv(size, shape, data, run_dir, args.seed) + VARIANTS[name])
         report_dir = out / "reports" / name
         hf_dir = out / "hf" / name  # converted once, analysed by both tools
         convert_to_hf(run_dir, hf_dir, dtype="fp32", overwrite=True, progress=False)
-        common = ["--data", str(data / "heldout_text_document"), "--seq-length", str(size[5]),
-                  "--num-sequences", str(size[10])]
+        common = ["--data", str(data / "heldout_text_document"), "--seq-length", str(size.seq_length),
+                  "--num-sequences", str(size.eval_windows)]
         if mgn(["outliers", str(hf_dir), "--out", str(report_dir), "--title", name, *common]) != 0:
             raise RuntimeError(f"mgn outliers failed for {name}")
         quant_json = report_dir / "quant.json"
@@ -119,12 +168,12 @@ def run(args) -> int:
             train=summary, outliers=json.loads((report_dir / "outliers.json").read_text()),
             quant=json.loads(quant_json.read_text()),
         )
-    layers, hidden, _, _, _, seq, _, gbs, iters, _, windows, vocab, _ = size
+    seq, gbs, iters = size.seq_length, size.global_batch_size, size.train_iters
     lines = [
-        f"# Small-scale reproduction ({args.size}: {layers} layers, hidden {hidden}, {iters} iterations x "
-        f"{gbs} x {seq} tokens = {iters * gbs * seq:,} tokens, vocab {vocab}, seed {args.seed})",
+        f"# Small-scale reproduction ({args.size}: {size.num_layers} layers, hidden {size.hidden_size}, "
+        f"{iters} iterations x {gbs} x {seq} tokens = {iters * gbs * seq:,} tokens, vocab {size.vocab_size}, seed {args.seed})",
         "",
-        f"Held-out: {windows} windows of {seq} tokens from works never trained on. Peak |h| and sinks: "
+        f"Held-out: {size.eval_windows} windows of {seq} tokens from works never trained on. Peak |h| and sinks: "
         "`mgn outliers`; perplexity deltas: `mgn quant` (NVFP4 W4A4, SmoothQuant alpha 0.5, 4 calibration windows).",
         "",
         "| variant | params | held-out loss | peak abs(h) | top sink dim (x median) | first-token attn | ppl | W4A4 dppl | W4A4+SQ dppl |",

@@ -25,7 +25,7 @@ import torch
 
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.convert.megatron_io import Arch, CheckpointError, Tensors
-from megatron_gatednorm.parity import ModelShape
+from megatron_gatednorm.model_shape import ModelShape
 
 HF_CODE_DIR = Path(__file__).resolve().parent.parent / "hf"
 HF_CODE_FILES = ("configuration_gatednorm.py", "modeling_gatednorm.py")

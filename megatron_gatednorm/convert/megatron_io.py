@@ -45,7 +45,17 @@ from megatron_gatednorm.args import norm_config_dests, norm_config_from_args
 from megatron_gatednorm.checkpoint import TRACKER, commit, iteration_path, save_sharded
 from megatron_gatednorm.config import NormConfig
 from megatron_gatednorm.cpu_shim import cuda_calls_on_cpu
-from megatron_gatednorm.parity import ModelShape
+from megatron_gatednorm.model_shape import (
+    MEGATRON_FLAGS,
+    ModelShape,
+    check_supported,
+    extras_from_flags,
+    flags_from_extras,
+    flags_from_shape,
+    megatron_defaults,
+    missing_required,
+    shape_from_flags,
+)
 
 Tensors = Dict[str, torch.Tensor]
 
@@ -54,30 +64,34 @@ class CheckpointError(ValueError):
     """A checkpoint or HF folder that cannot be converted; the message names file and problem."""
 
 
+_EXTRA = {row.arch: row for row in MEGATRON_FLAGS if row.arch}
+
+
 @dataclass(frozen=True)
 class Arch:
-    """Everything the converters need to rebuild a model: Megatron's fields beyond ModelShape."""
+    """Everything the converters need to rebuild a model: Megatron's fields beyond ModelShape
+    (defaults: Megatron-LM's, from :data:`~megatron_gatednorm.model_shape.MEGATRON_FLAGS`)."""
 
     shape: ModelShape
     norm_config: NormConfig
-    norm_epsilon: float = 1e-5
-    zero_centered_gamma: bool = False
-    rotary_base: float = 10000.0
-    rotary_percent: float = 1.0
-    moe_router_pre_softmax: bool = False
+    norm_epsilon: float = _EXTRA["norm_epsilon"].default
+    zero_centered_gamma: bool = _EXTRA["zero_centered_gamma"].default
+    rotary_base: float = float(_EXTRA["rotary_base"].default)
+    rotary_percent: float = _EXTRA["rotary_percent"].default
+    moe_router_pre_softmax: bool = _EXTRA["moe_router_pre_softmax"].default
     dtype: torch.dtype = torch.float32
 
     def replace(self, **changes) -> "Arch":
         return dataclasses.replace(self, **changes)
 
+    def extras(self) -> dict:
+        """``{field: value}`` of the fields beyond the shape that Megatron flags set."""
+        return {name: getattr(self, name) for name in _EXTRA}
+
     def transformer_config_overrides(self) -> dict:
         """``model.transformer_config`` overrides reproducing these fields."""
-        return dict(
-            layernorm_epsilon=self.norm_epsilon,
-            layernorm_zero_centered_gamma=self.zero_centered_gamma,
-            moe_router_pre_softmax=self.moe_router_pre_softmax,
-            params_dtype=self.dtype,
-        )
+        overrides = {row.config: getattr(self, name) for name, row in _EXTRA.items() if row.config}
+        return dict(overrides, params_dtype=self.dtype)
 
 
 # -- args ---------------------------------------------------------------------------------
@@ -93,38 +107,22 @@ def megatron_args(
 ) -> argparse.Namespace:
     """The ``args`` Namespace Megatron-LM saves in ``common.pt`` for this model (Megatron's arg
     names plus the plugin flags' dests), at the given parallel layout."""
-    s, nc = arch.shape, arch.norm_config
-    ns = {f.name: getattr(s, f.name) for f in dataclasses.fields(ModelShape)}
-    gqa = s.num_query_groups is not None and s.num_query_groups != s.num_attention_heads
+    s = arch.shape
+    ns = megatron_defaults()  # every flag of the table, by dest
+    ns.update(flags_from_shape(s))
+    ns.update(flags_from_extras(arch.extras()))  # 0.19's names and the older ones
     ns.update(
         vocab_size=vocab_size or s.vocab_size,
         padded_vocab_size=s.vocab_size,
-        make_vocab_size_divisible_by=128,
-        group_query_attention=gqa,
+        # as Megatron-LM's validate_args leaves them
         num_query_groups=s.query_groups,
         kv_channels=s.head_dim,
         moe_ffn_hidden_size=(s.moe_ffn_hidden_size or s.ffn_hidden_size) if s.num_experts else None,
-        normalization="RMSNorm",
-        # Megatron-LM <= 0.18 names, and 0.19's (which renamed both)
-        norm_epsilon=arch.norm_epsilon,
-        apply_layernorm_1p=arch.zero_centered_gamma,
-        layernorm_epsilon=arch.norm_epsilon,
-        layernorm_zero_centered_gamma=arch.zero_centered_gamma,
         use_rotary_position_embeddings=s.position_embedding_type == "rope",
-        # Megatron-LM's default; position_embedding_type decides. megatron.training compares it
-        # (and tokenizer_type with a vocab file) when loading without --finetune
-        add_position_embedding=True,
-        tokenizer_type=tokenizer_type,
-        rotary_base=arch.rotary_base,
-        rotary_percent=arch.rotary_percent,
-        rotary_interleaved=False,
         seq_length=s.max_position_embeddings,
-        moe_router_pre_softmax=arch.moe_router_pre_softmax,
-        moe_router_score_function="softmax",
-        moe_router_topk_scaling_factor=None,
-        moe_router_enable_expert_bias=False,
+        # megatron.training compares tokenizer_type (with a vocab file) when loading without --finetune
+        tokenizer_type=tokenizer_type,
         moe_grouped_gemm=False,
-        multi_latent_attention=False,
         transformer_impl="local",
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
@@ -135,68 +133,37 @@ def megatron_args(
         bf16=arch.dtype == torch.bfloat16,
         fp16=arch.dtype == torch.float16,
     )
-    ns.update(norm_config_dests(nc))
+    ns.update(norm_config_dests(arch.norm_config))
     ns.update(extra)
     return argparse.Namespace(**ns)
 
 
-_UNSUPPORTED = (
-    # (arg, supported predicate, what is expected)
-    ("normalization", lambda v: v in (None, "RMSNorm"), "'RMSNorm'"),
-    ("position_embedding_type", lambda v: v in (None, "rope"), "'rope'"),
-    ("swiglu", lambda v: v in (None, True), "True (SwiGLU MLPs)"),
-    ("add_bias_linear", lambda v: not v, "False (no linear biases)"),
-    ("add_qkv_bias", lambda v: not v, "False"),
-    ("rotary_interleaved", lambda v: not v, "False"),
-    ("multi_latent_attention", lambda v: not v, "False (MLA is not supported)"),
-    ("moe_router_score_function", lambda v: v in (None, "softmax"), "'softmax'"),
-    ("moe_router_topk_scaling_factor", lambda v: v in (None, 1, 1.0), "unset"),
-    ("moe_router_enable_expert_bias", lambda v: not v, "False"),
-    ("moe_router_num_groups", lambda v: not v, "unset (no group-limited routing)"),
-    ("experimental_attention_variant", lambda v: v in (None, "gated_delta_net"), "unset or 'gated_delta_net'"),
-)
-
-
-def _renamed(args, old: str, new: str):
-    """An arg Megatron-LM 0.19 renamed: the new name if saved, else the old one."""
-    value = getattr(args, new, None)
-    return value if value is not None else getattr(args, old, None)
-
-
 def arch_from_args(args, where: str = "common.pt") -> Arch:
-    """Rebuild the architecture from a saved ``args`` Namespace (vocab = padded_vocab_size)."""
-    for name in ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size"):
-        if getattr(args, name, None) is None:
-            raise CheckpointError(f"{where}: args has no {name!r}; expected a Megatron-LM checkpoint's args")
-    for name, ok, expected in _UNSUPPORTED:
-        value = getattr(args, name, None)
-        if not ok(value):
-            raise CheckpointError(f"{where}: unsupported {name}={value!r}; expected {expected}")
-    names = {f.name for f in dataclasses.fields(ModelShape)}
-    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    values["vocab_size"] = int(args.padded_vocab_size)
-    values.setdefault("ffn_hidden_size", 4 * args.hidden_size)
-    values["swiglu"] = True
-    if getattr(args, "group_query_attention", True) is False:
-        values["num_query_groups"] = None
-    if not values.get("num_experts"):
-        values["num_experts"] = None
+    """Rebuild the architecture from a saved ``args`` Namespace (vocab = padded_vocab_size).
+    Absent args take Megatron-LM's defaults; values the plugin does not support are refused
+    (:func:`~megatron_gatednorm.model_shape.check_supported`)."""
+    values = vars(args)
+    missing = missing_required(values) + (["padded_vocab_size"] if values.get("padded_vocab_size") is None else [])
+    if missing:
+        raise CheckpointError(f"{where}: args has no {missing[0]!r}; expected a Megatron-LM checkpoint's args")
     try:
-        shape = ModelShape(**values)
+        check_supported(values)
+        shape = shape_from_flags(values, vocab_size=int(values["padded_vocab_size"]))
         nc = norm_config_from_args(args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
+    extras = extras_from_flags(values)
     dtype = getattr(args, "params_dtype", None)
     if not isinstance(dtype, torch.dtype):
         dtype = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else torch.float32
     return Arch(
         shape=shape,
         norm_config=nc,
-        norm_epsilon=float(_renamed(args, "norm_epsilon", "layernorm_epsilon") or 1e-5),
-        zero_centered_gamma=bool(_renamed(args, "apply_layernorm_1p", "layernorm_zero_centered_gamma")),
-        rotary_base=float(getattr(args, "rotary_base", 10000) or 10000),
-        rotary_percent=float(getattr(args, "rotary_percent", 1.0) or 1.0),
-        moe_router_pre_softmax=bool(getattr(args, "moe_router_pre_softmax", False)),
+        norm_epsilon=float(extras["norm_epsilon"]),
+        zero_centered_gamma=bool(extras["zero_centered_gamma"]),
+        rotary_base=float(extras["rotary_base"]),
+        rotary_percent=float(extras["rotary_percent"]),
+        moe_router_pre_softmax=bool(extras["moe_router_pre_softmax"]),
         dtype=dtype,
     )
 

@@ -25,7 +25,6 @@ measurement:
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import re
@@ -36,7 +35,8 @@ from megatron_gatednorm.args import check_recompute_modules, dest, norm_config_f
 from megatron_gatednorm.config import NormConfig, NormConfigError
 from megatron_gatednorm.device import parse_device
 from megatron_gatednorm.launch.recipes import Recipe
-from megatron_gatednorm.parity import ModelShape, count_params, padded_vocab, parity_ffn
+from megatron_gatednorm.model_shape import ModelShape, flag_value, missing_required, shape_from_flags
+from megatron_gatednorm.parity import count_params, padded_vocab, parity_ffn
 
 GiB = 1024 ** 3
 
@@ -49,61 +49,13 @@ def divisors(n: int) -> List[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def parse_freq(key: str, value, num_layers: int):
-    """Megatron's ``--moe-layer-freq`` / ``--linear-attention-freq``: an int or a Python list
-    expression such as ``([0]*3+[1])*12`` (evaluated without builtins, like Megatron does)."""
-    if value is None or isinstance(value, (int, list)):
-        return value
-    text = str(value).strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    if not re.fullmatch(r"[\[\]\d\s,*+()]+", text):
-        raise ValueError(f"invalid {key}={value!r}: expected an int or a list expression like ([0]*3+[1])*12")
-    pattern = eval(compile(ast.parse(text, mode="eval"), key, "eval"), {"__builtins__": {}})  # noqa: S307
-    if not isinstance(pattern, list) or len(pattern) != num_layers:
-        raise ValueError(f"invalid {key}={value!r}: the pattern must have num_layers={num_layers} entries")
-    return pattern
-
-
 def shape_from_megatron(m: Dict[str, Any], vocab_size: Optional[int] = None) -> ModelShape:
-    """The :class:`ModelShape` that Megatron-LM would build from these flag values (Megatron's
-    defaults for absent flags: biases on, no SwiGLU, tied embeddings, MHA)."""
-    for key in ("num_layers", "hidden_size", "num_attention_heads"):
-        if m.get(key) is None:
-            raise ValueError(f"invalid megatron.{key}=None: required")
-    h, heads = int(m["hidden_size"]), int(m["num_attention_heads"])
-    ffn = m.get("ffn_hidden_size") or 4 * h
-    num_experts = m.get("num_experts")
-    return ModelShape(
-        num_layers=int(m["num_layers"]),
-        hidden_size=h,
-        num_attention_heads=heads,
-        ffn_hidden_size=int(ffn),
-        vocab_size=int(vocab_size or m.get("vocab_size") or 0),
-        num_query_groups=int(m["num_query_groups"]) if m.get("group_query_attention") and m.get("num_query_groups") else None,
-        kv_channels=m.get("kv_channels"),
-        swiglu=bool(m.get("swiglu", False)),
-        add_bias_linear=not m.get("disable_bias_linear", False),
-        add_qkv_bias=bool(m.get("add_qkv_bias", False)),
-        untie_embeddings_and_output_weights=bool(m.get("untie_embeddings_and_output_weights", False)),
-        qk_layernorm=bool(m.get("qk_layernorm", False)),
-        attention_output_gate=bool(m.get("attention_output_gate", False)),
-        position_embedding_type=m.get("position_embedding_type", "learned_absolute"),
-        max_position_embeddings=int(m.get("max_position_embeddings") or m.get("seq_length") or 0),
-        num_experts=num_experts,
-        moe_ffn_hidden_size=m.get("moe_ffn_hidden_size") if num_experts else None,
-        moe_shared_expert_intermediate_size=m.get("moe_shared_expert_intermediate_size") if num_experts else None,
-        moe_shared_expert_gate=bool(m.get("moe_shared_expert_gate", False)),
-        moe_router_topk=int(m.get("moe_router_topk", 2)),
-        moe_layer_freq=parse_freq("moe_layer_freq", m.get("moe_layer_freq", 1), int(m["num_layers"])),
-        experimental_attention_variant=m.get("experimental_attention_variant"),
-        linear_attention_freq=parse_freq("linear_attention_freq", m.get("linear_attention_freq"), int(m["num_layers"])),
-        linear_conv_kernel_dim=int(m.get("linear_conv_kernel_dim", 4)),
-        linear_key_head_dim=int(m.get("linear_key_head_dim", 128)),
-        linear_value_head_dim=int(m.get("linear_value_head_dim", 128)),
-        linear_num_key_heads=int(m.get("linear_num_key_heads", 16)),
-        linear_num_value_heads=int(m.get("linear_num_value_heads", 32)),
-    )
+    """The :class:`ModelShape` that Megatron-LM would build from a recipe's ``megatron:`` values
+    (:func:`~megatron_gatednorm.model_shape.shape_from_flags`: Megatron-LM's defaults for absent flags)."""
+    missing = missing_required(m)
+    if missing:
+        raise ValueError(f"invalid megatron.{missing[0]}=None: required")
+    return shape_from_flags(m, vocab_size)
 
 
 def norm_config_from_recipe(recipe: Recipe) -> NormConfig:
@@ -381,7 +333,7 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
             raise ValueError(f"invalid launch.train_tokens={tokens!r}: expected a number of tokens") from None
         m["train_iters"] = int(math.ceil(tokens / tokens_per_step))
     train_iters = int(m["train_iters"])
-    vocab = padded_vocab(shape.vocab_size, int(m.get("make_vocab_size_divisible_by", 128)), tp)
+    vocab = padded_vocab(shape.vocab_size, flag_value(m, "make_vocab_size_divisible_by"), tp)
     counted = shape.replace(vocab_size=vocab)
     params = count_params(counted, nc)
     active = count_params(counted, nc, active=True)["total"]

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.parity import ModelShape
+from megatron_gatednorm.model_shape import ModelShape
 
 SEED = 1234
 SEQ, BATCH = 8, 2
