@@ -41,6 +41,7 @@ def test_data_pipeline(tiny_data):
     assert tok.decode(list(first[:-1])) == json.loads(text)["text"]  # byte-level BPE round trip
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_resumes_exactly(tiny_data, tmp_path):
     full = run_trainer(trainer_argv(tiny_data, tmp_path / "full"))
     again = run_trainer(trainer_argv(tiny_data, tmp_path / "again"))
@@ -57,6 +58,7 @@ def test_training_is_deterministic_and_resumes_exactly(tiny_data, tmp_path):
     assert (tmp_path / "split" / "latest_checkpointed_iteration.txt").read_text() == "6"
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_data_and_tensor_parallel_runs_match_single_rank(tiny_data, tmp_path):
     single = losses(run_trainer(trainer_argv(tiny_data, tmp_path / "one", iters=3)))
