@@ -422,7 +422,6 @@ class GatedRMSNormFunction(torch.autograd.Function):
             )
         ctx.save_for_backward(x2, weight_c, s_c, wd_c, wu_c, rstd, z)
         ctx.plan, ctx.flags, ctx.x_shape = plan, flags, x.shape
-        ctx.has_grad_params = (pre_scale is not None, gated)
         return out.view(x.shape)
 
     @staticmethod
