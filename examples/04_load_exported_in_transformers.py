@@ -35,9 +35,8 @@ def make_megatron_checkpoint(ckpt_dir: Path) -> list:
     """Step 1: build, record greedy tokens, save torch_dist. Returns the greedy continuation."""
     import torch
 
-    from megatron_gatednorm.checkpoint import save_checkpoint
+    from megatron_gatednorm.checkpoint import Arch, megatron_args, save_checkpoint
     from megatron_gatednorm.config import NormConfig
-    from megatron_gatednorm.convert.megatron_io import Arch, megatron_args
     from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
     from megatron_gatednorm.model_shape import ModelShape
 

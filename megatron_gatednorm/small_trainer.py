@@ -240,7 +240,7 @@ def _resume(args, model, optimizer, log) -> int:
     import torch.distributed as dist
 
     from megatron_gatednorm.checkpoint import TRACKER, iteration_path
-    from megatron_gatednorm.convert.megatron_io import load_megatron_checkpoint
+    from megatron_gatednorm.checkpoint import load_megatron_checkpoint
 
     if not args.load or not (Path(args.load) / TRACKER).exists():
         if args.load:
@@ -268,7 +268,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
     from megatron_gatednorm.analysis.peak_monitor import PeakActivationMonitor
     from megatron_gatednorm.args import norm_config_from_args
     from megatron_gatednorm.model import build_gpt_model, finalize_grads, init_distributed, transformer_config
-    from megatron_gatednorm.convert.megatron_io import arch_from_args
+    from megatron_gatednorm.checkpoint import arch_from_args
     from megatron_gatednorm.parity import padded_vocab
 
     args = build_parser().parse_args(argv)

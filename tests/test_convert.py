@@ -148,7 +148,7 @@ def test_round_trips(saved, converted, work):
     tensors and logits, and the written checkpoints load at TP=2, PP=2 (and EP=2). The one
     exception is :data:`SHIFTED` in stock Qwen3-Next folders (within an ulp of 1)."""
     from megatron_gatednorm.convert.hf_io import read_safetensors
-    from megatron_gatednorm.convert.megatron_io import read_checkpoint
+    from megatron_gatednorm.checkpoint import read_checkpoint
     from megatron_gatednorm.convert.to_hf import convert_to_hf
     from megatron_gatednorm.convert.to_megatron import convert_to_megatron
 
@@ -303,7 +303,7 @@ def test_bad_input_errors(saved, converted, work, capsys):
     (mtp / "model.safetensors.index.json").write_text(json.dumps(index))
     assert _mgn("convert", "to-megatron", "--hf", mtp, "--out", work / "mtp-megatron") == 0
     assert "not converting 1 tensors of Qwen3-Next's multi-token-prediction head" in capsys.readouterr().err
-    from megatron_gatednorm.convert.megatron_io import read_checkpoint
+    from megatron_gatednorm.checkpoint import read_checkpoint
     from megatron_gatednorm.convert.to_megatron import convert_to_megatron
 
     convert_to_megatron(converted["next_qwen3/tp2"][0], work / "mtp-plain")

@@ -124,7 +124,7 @@ def test_small_trainer_flags_come_from_the_table():
 
 def test_checkpoint_args_round_trip():
     from megatron_gatednorm.config import NormConfig
-    from megatron_gatednorm.convert.megatron_io import Arch, CheckpointError, arch_from_args, megatron_args
+    from megatron_gatednorm.checkpoint import Arch, CheckpointError, arch_from_args, megatron_args
 
     for name in ("tiny", "mha-untied", "moe-pattern", "hybrid"):
         arch = Arch(SHAPES[name], NormConfig(variant="preaffine"), norm_epsilon=1e-6, zero_centered_gamma=True,

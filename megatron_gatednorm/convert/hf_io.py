@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.convert.megatron_io import Arch, CheckpointError, Tensors
+from megatron_gatednorm.checkpoint import Arch, CheckpointError, Tensors
 from megatron_gatednorm.model_shape import ModelShape
 
 HF_CODE_DIR = Path(__file__).resolve().parent.parent / "hf"

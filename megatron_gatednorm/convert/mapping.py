@@ -1,7 +1,7 @@
 """The one Megatron ⇄ Hugging Face name table, and the tensor layout transforms (pure torch).
 
 Megatron names are per layer and per expert (``decoder.layers.{i}.…``,
-``….mlp.experts.{e}.linear_fc1.weight``); :mod:`megatron_io` turns the stacked dist-ckpt
+``….mlp.experts.{e}.linear_fc1.weight``); :mod:`megatron_gatednorm.checkpoint.layout` turns the stacked dist-ckpt
 keys into these and back. HF names are those of transformers' Qwen3 / Qwen3-MoE / Llama
 (per-expert keys, which transformers 5 converts to its fused expert tensors on load) and of
 the exported GatedNorm architecture, which uses the same names plus the norm parameters
@@ -20,7 +20,7 @@ Layouts:
   replaced one under its own slot name; ``when`` picks the right one for HF → Megatron.
 * Tied embeddings: Megatron stores no ``output_layer.weight``; HF omits ``lm_head.weight``.
 * ``gdn_in``: Gated DeltaNet's ``in_proj.weight`` is ``[q | k | v | z | beta | alpha]`` over all
-  heads (Megatron's TP=1 layout; :mod:`megatron_io` joins the checkpoint's six parts); Qwen3-Next
+  heads (Megatron's TP=1 layout; :mod:`~megatron_gatednorm.checkpoint.layout` joins the checkpoint's six parts); Qwen3-Next
   groups rows per key head ``g``: ``in_proj_qkvz`` = per g ``[q_g | k_g | v_g· | z_g·]`` and
   ``in_proj_ba`` = per g ``[beta_g· | alpha_g·]``, where ``·`` are the ``nv/nk`` value heads of g.
   ``conv1d.weight`` is ``[q | k | v]`` channels in both.
@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from megatron_gatednorm.convert.megatron_io import Arch, CheckpointError, Tensors
+from megatron_gatednorm.checkpoint import Arch, CheckpointError, Tensors
 
 NORM_PARAMS = ("weight", "pre_scale", "gate_down", "gate_up", "alpha", "bias")
 STOCK_HYBRID_CLASS = "Qwen3NextForCausalLM"

@@ -9,7 +9,7 @@ import torch
 
 from megatron_gatednorm.convert import hf_io
 from megatron_gatednorm.convert.mapping import megatron_to_hf
-from megatron_gatednorm.convert.megatron_io import (
+from megatron_gatednorm.checkpoint import (
     CheckpointError,
     atomic_output_dir,
     read_checkpoint,

@@ -13,7 +13,7 @@ from typing import Optional
 
 from megatron_gatednorm.convert import hf_io
 from megatron_gatednorm.convert.mapping import hf_to_megatron
-from megatron_gatednorm.convert.megatron_io import (
+from megatron_gatednorm.checkpoint import (
     Arch,
     CheckpointError,
     atomic_output_dir,

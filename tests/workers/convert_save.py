@@ -15,10 +15,10 @@ from _common import SEED, TINY, TINY_MOE, write
 from _common import perturb as shared_perturb
 
 from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.checkpoint import save_checkpoint
-from megatron_gatednorm.convert.megatron_io import (
-    Arch, load_megatron_checkpoint, megatron_args, read_common, iteration_dir, arch_from_args,
+from megatron_gatednorm.checkpoint import (
+    Arch, arch_from_args, iteration_dir, load_megatron_checkpoint, megatron_args, save_checkpoint,
 )
+from megatron_gatednorm.checkpoint.common_state import read_common
 from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
 
 BATCH, SEQ, NEW = 2, 8, 8
