@@ -605,7 +605,7 @@ def _build_layer(cfg, variant: Optional[str], rank: int):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.spec_utils import build_module
 
-    from megatron_gatednorm.config import NormConfig
+    from megatron_gatednorm.norm_config import NormConfig
     from megatron_gatednorm.specs import get_gatednorm_layer_spec
 
     if variant is None:
@@ -660,7 +660,7 @@ def _layer_stats(times: Dict[str, List[float]]) -> Dict[str, dict]:
 
 def layer_benchmark(ctx: Context, args) -> dict:
     """Megatron TransformerLayer fwd+bwd per norm variant, round-robin over ``warmup + steps``."""
-    from megatron_gatednorm.model import init_distributed
+    from megatron_gatednorm.distributed import init_distributed
 
     init_distributed()  # 1-rank world (NCCL with CUDA) and Megatron's parallel state
     import megatron.core

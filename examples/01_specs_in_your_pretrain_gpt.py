@@ -15,7 +15,7 @@ What you run on the cluster (Megatron-LM ``core_v0.19.x`` with the 2-line patch 
   sliced for the pipeline stage).
 * ``--norm-variant`` / ``--gatednorm-*`` / ``--preaffine-init`` / ``--residual-clip`` are the
   plugin's flags; Megatron-LM's parser accepts them only through the ``extra_args_provider``
-  ``megatron_gatednorm.args.add_gatednorm_args`` (that is all the patch adds).
+  ``megatron_gatednorm.norm_flags.add_gatednorm_args`` (that is all the patch adds).
 * Megatron-LM 0.16-0.18 pass the ``--spec`` object to ``GPTModel`` without calling it: use
   ``mgn train`` there (example 2), which needs no patch.
 
@@ -74,7 +74,7 @@ def parse_with_megatron_lm():
     from megatron.training.arguments import core_transformer_config_from_args, parse_args, validate_args
     from megatron.training.global_vars import set_args
 
-    from megatron_gatednorm.args import add_gatednorm_args
+    from megatron_gatednorm.norm_flags import add_gatednorm_args
 
     sys.argv = ["pretrain_gpt.py"] + ARGV
     with contextlib.redirect_stdout(io.StringIO()):  # validate_args prints every argument
@@ -94,7 +94,7 @@ def parse_without_megatron_lm():
     import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from megatron_gatednorm.args import add_gatednorm_args
+    from megatron_gatednorm.norm_flags import add_gatednorm_args
 
     p = argparse.ArgumentParser()
     for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--num-query-groups",
@@ -126,7 +126,7 @@ def main():
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.spec_utils import import_module
 
-    from megatron_gatednorm.model import init_distributed
+    from megatron_gatednorm.distributed import init_distributed
 
     if importlib.util.find_spec("megatron.training") is not None:
         args, config = parse_with_megatron_lm()

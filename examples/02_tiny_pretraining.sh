@@ -5,14 +5,14 @@
 #
 # Everything it writes (dataset index cache, checkpoint, log) goes under OUT_DIR.
 #
-# WHICH TRAINER RUNS HERE. Production training is `mgn train` (= python -m megatron_gatednorm.train):
+# WHICH TRAINER RUNS HERE. Production training is `mgn train` (= python -m megatron_gatednorm.training.pretrain):
 # Megatron-LM's own pretrain() loop with the plugin's flags (extra_args_provider) and a model
 # provider that builds GPTModel from the plugin's specs. It imports forward_step and the dataset
 # provider from Megatron-LM's pretrain_gpt.py, so it needs a Megatron-LM checkout (core_v* tag
 # matching megatron-core) on PYTHONPATH, and it is a GPU loop. This machine has neither, so
 # `mgn train` does NOT run in this example today. The command would be:
 #
-#   PYTHONPATH=/path/to/Megatron-LM torchrun --nproc-per-node 8 -m megatron_gatednorm.train \
+#   PYTHONPATH=/path/to/Megatron-LM torchrun --nproc-per-node 8 -m megatron_gatednorm.training.pretrain \
 #       --num-layers 2 --hidden-size 64 --num-attention-heads 4 --group-query-attention \
 #       --num-query-groups 2 --ffn-hidden-size 128 --swiglu --disable-bias-linear --qk-layernorm \
 #       --attention-output-gate --normalization RMSNorm --seq-length 32 --max-position-embeddings 32 \

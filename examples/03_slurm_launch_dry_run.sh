@@ -61,10 +61,10 @@ cat <<'EOF'
   environment     MASTER_ADDR/PORT from the allocation, NCCL settings, MGN_DEVICE=cuda (never a silent CPU run)
   resume          --load = --save; a requeued job continues from latest_checkpointed_iteration.txt
   preflight       `mgn preflight` on every rank first: layout, GPUs, rendezvous, parameter count, fused-norm check
-  training        srun python -m megatron_gatednorm.train "${MEGATRON_ARGS[@]}"
+  training        srun python -m megatron_gatednorm.training.pretrain "${MEGATRON_ARGS[@]}"
   signal handling USR1 -> Megatron saves and exits -> scontrol requeue (a plain scancel saves, no requeue)
 EOF
-section "sbatch script" | grep -E '^#SBATCH|^export (PYTHONPATH|MGN_DEVICE)|preflight --recipe-json|megatron_gatednorm.train ' \
+section "sbatch script" | grep -E '^#SBATCH|^export (PYTHONPATH|MGN_DEVICE)|preflight --recipe-json|megatron_gatednorm.training.pretrain ' \
     | sed 's/^/   /'
 echo
 

@@ -36,8 +36,9 @@ def make_megatron_checkpoint(ckpt_dir: Path) -> list:
     import torch
 
     from megatron_gatednorm.checkpoint import Arch, megatron_args, save_checkpoint
-    from megatron_gatednorm.config import NormConfig
-    from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+    from megatron_gatednorm.norm_config import NormConfig
+    from megatron_gatednorm.distributed import init_distributed
+    from megatron_gatednorm.model import build_gpt_model, transformer_config
     from megatron_gatednorm.model_shape import ModelShape
 
     init_distributed(device="cpu")  # 1-process gloo group + Megatron's parallel state (CPU shim)

@@ -2,7 +2,7 @@
 
 ``import megatron_gatednorm`` imports neither torch nor Megatron: the names below load their
 module on first use, so the launcher runs on a login node. The Megatron-facing pieces are
-``megatron_gatednorm.specs`` (layer/block specs), ``megatron_gatednorm.args`` (CLI flags)
+``megatron_gatednorm.specs`` (layer/block specs), ``megatron_gatednorm.norm_flags`` (CLI flags)
 and ``megatron_gatednorm.parity`` (parameter counts and FFN-width parity).
 """
 
@@ -11,10 +11,10 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "NormConfig": "megatron_gatednorm.config",
-    "DEFAULTS": "megatron_gatednorm.config",
-    "VARIANTS": "megatron_gatednorm.config",
-    "PLACEMENTS": "megatron_gatednorm.config",
+    "NormConfig": "megatron_gatednorm.norm_config",
+    "DEFAULTS": "megatron_gatednorm.norm_config",
+    "VARIANTS": "megatron_gatednorm.norm_config",
+    "PLACEMENTS": "megatron_gatednorm.norm_config",
     "RMSNorm": "megatron_gatednorm.norms",
     "GatedRMSNorm": "megatron_gatednorm.norms",
     "PreAffineRMSNorm": "megatron_gatednorm.norms",
@@ -22,8 +22,8 @@ _LAZY = {
     "DyTNorm": "megatron_gatednorm.norms",
     "GatedDyTNorm": "megatron_gatednorm.norms",
     "norm_class": "megatron_gatednorm.norms",
-    "add_gatednorm_args": "megatron_gatednorm.args",
-    "norm_config_from_args": "megatron_gatednorm.args",
+    "add_gatednorm_args": "megatron_gatednorm.norm_flags",
+    "norm_config_from_args": "megatron_gatednorm.norm_flags",
     "get_gatednorm_block_spec": "megatron_gatednorm.specs",
     "get_gatednorm_layer_spec": "megatron_gatednorm.specs",
 }

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 # Commands with their own complete argument parser: ``mgn NAME ...`` calls ``module.main(argv)``.
 PASSTHROUGH = {
-    "small-train": "megatron_gatednorm.small_trainer",
+    "small-train": "megatron_gatednorm.training.small_trainer",
 }
 
 # name -> module defining HELP, add_arguments(parser) and run(args) -> int

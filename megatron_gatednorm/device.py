@@ -1,7 +1,7 @@
 """Which device a process trains on, checked before anything starts: never a silent CPU fallback.
 
 A recipe states its device (``launch.device: cuda|cpu``, default ``cuda``); the sbatch script
-exports it to every task as ``MGN_DEVICE``, which :func:`megatron_gatednorm.model.init_distributed`
+exports it to every task as ``MGN_DEVICE``, which :func:`megatron_gatednorm.distributed.init_distributed`
 (the small trainer, the test workers) and ``mgn train`` read. A process asked for ``cuda`` on a
 node whose CUDA is broken (``torch.cuda.is_available()`` False, or fewer visible GPUs than local
 ranks) stops with a ValueError naming the setting instead of running on CPU/gloo; CPU runs happen

@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List
 
 import torch
 
-from megatron_gatednorm.config import GATED_VARIANTS, NormConfig
+from megatron_gatednorm.norm_config import GATED_VARIANTS, NormConfig
 from megatron_gatednorm.ops import dispatch
 
 TOLERANCES: Dict[torch.dtype, float] = {

@@ -2,24 +2,23 @@
 
 Used by the CLI, the tests, the small trainer and the converters so that all of them build
 the same model code as production training. ``megatron.core.parallel_state`` must already be
-initialised (tensor/pipeline/expert layout); :func:`init_distributed` does that for one
-process or a torchrun group.
+initialised (tensor/pipeline/expert layout);
+:func:`megatron_gatednorm.distributed.init_distributed` does that for one process or a torchrun
+group.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
-from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.model_shape import ModelShape, megatron_default, transformer_config_kwargs
 from megatron_gatednorm.specs import get_gatednorm_block_spec
 
@@ -80,82 +79,3 @@ def build_gpt_model(
         post_process=post,
         vp_stage=vp_stage,
     )
-
-
-def init_distributed(
-    tensor_model_parallel_size: int = 1,
-    pipeline_model_parallel_size: int = 1,
-    expert_model_parallel_size: int = 1,
-    context_parallel_size: int = 1,
-    seed: int = 1234,
-    device: Optional[str] = None,
-) -> str:
-    """Initialise torch.distributed (env:// under torchrun or srun-native Slurm tasks, else a
-    1-process group) and Megatron's model-parallel state; apply the CPU shim without CUDA.
-
-    ``device`` (``cuda`` | ``cpu``; default ``$MGN_DEVICE``, else cuda where CUDA is available)
-    chooses the backend explicitly: NCCL with this rank's GPU for ``cuda``, gloo for ``cpu`` —
-    also on a machine that has a GPU, so CPU tensors never meet NCCL. ``cuda`` on a node whose
-    CUDA is broken raises ValueError (:func:`megatron_gatednorm.device.check_device`) instead of
-    falling back to the CPU. Returns the device.
-    """
-    import torch.distributed as dist
-
-    from megatron_gatednorm.device import backend, check_device, requested_device
-    from megatron_gatednorm.launch.ranks import torch_env_from_slurm
-
-    torch_env_from_slurm()
-    device, setting = requested_device(device)
-    check_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), setting)
-
-    if device == "cpu" and not torch.cuda.is_available():
-        # This process trains on CPU from here on (a worker, a CLI command, a demo): enter the
-        # shim for the process. (pytest enters it at session start, tests/conftest.py.)
-        from megatron_gatednorm.cpu_shim import apply_cpu_shim
-
-        apply_cpu_shim()
-    if not dist.is_initialized():
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        if "RANK" in os.environ:
-            dist.init_process_group(backend(device))
-        else:
-            from torch.distributed import FileStore
-            import tempfile
-
-            store = FileStore(tempfile.mktemp(prefix="mgn-store-"), 1)
-            dist.init_process_group(backend(device), store=store, rank=0, world_size=1)
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tensor_model_parallel_size,
-        pipeline_model_parallel_size=pipeline_model_parallel_size,
-        expert_model_parallel_size=expert_model_parallel_size,
-        context_parallel_size=context_parallel_size,
-    )
-    model_parallel_cuda_manual_seed(seed)
-    torch.manual_seed(seed)
-    return device
-
-
-def finalize_grads(model, config) -> None:
-    """Gradient finalisation without Megatron's DDP (which needs CUDA buffers): Megatron's own
-    all-reduce of sequence-parallel / QK-norm gradients over the tensor-parallel group, then the
-    data-parallel average (dense parameters over DP, expert parameters over expert-DP)."""
-    import torch.distributed as dist
-    from megatron.core.distributed import DistributedDataParallelConfig
-    from megatron.core.distributed.finalize_model_grads import _allreduce_non_tensor_model_parallel_grads
-
-    model.ddp_config = DistributedDataParallelConfig()  # read by the function
-    _allreduce_non_tensor_model_parallel_grads([model], config)
-    groups = {
-        True: parallel_state.get_data_parallel_group(),
-        False: parallel_state.get_expert_data_parallel_group(),
-    }
-    for p in model.parameters():
-        if p.grad is None:
-            continue
-        group = groups[getattr(p, "allreduce", True)]
-        if dist.get_world_size(group) > 1:
-            dist.all_reduce(p.grad, group=group)
-            p.grad /= dist.get_world_size(group)

@@ -3,7 +3,7 @@
 Every class is built as ``Cls(config=TransformerConfig, hidden_size=int, eps=float)`` — the
 call ``TransformerLayer``/``TransformerBlock`` make for ``input_layernorm``,
 ``pre_mlp_layernorm`` and ``final_layernorm`` — plus an optional ``norm_config``
-(:class:`~megatron_gatednorm.config.NormConfig`, passed through ``ModuleSpec.params``).
+(:class:`~megatron_gatednorm.norm_config.NormConfig`, passed through ``ModuleSpec.params``).
 ``config`` is read duck-typed, so this module does not import Megatron.
 
 Parameters (held directly on the module, names shared with the Hugging Face export):
@@ -37,7 +37,7 @@ from typing import Dict, Optional
 
 import torch
 
-from megatron_gatednorm.config import DEFAULTS, VARIANTS, NormConfig, choice_error
+from megatron_gatednorm.norm_config import DEFAULTS, VARIANTS, NormConfig, choice_error
 from megatron_gatednorm.ops import dispatch, reference
 from megatron_gatednorm.ops._triton_utils import interpreting, kernel_module
 

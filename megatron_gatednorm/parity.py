@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.model_shape import ModelShape, megatron_default
 
 

@@ -47,8 +47,8 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-from megatron_gatednorm.args import check_recompute_modules
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_flags import check_recompute_modules
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.norms import norm_class
 from megatron_gatednorm.ops.reference import residual_clip
 
@@ -358,13 +358,13 @@ def gatednorm_block_spec_from_args(config, vp_stage: Optional[int] = None):
     from Megatron's parsed arguments, which need the plugin flags (``add_gatednorm_args``)."""
     from megatron.training import get_args
 
-    from megatron_gatednorm.args import norm_config_from_args
+    from megatron_gatednorm.norm_flags import norm_config_from_args
 
     args = get_args()
     if not hasattr(args, "norm_variant"):
         raise ValueError(
-            "Megatron's arguments have no --norm-variant: launch through megatron_gatednorm.train "
-            "(or pass extra_args_provider=megatron_gatednorm.args.add_gatednorm_args)"
+            "Megatron's arguments have no --norm-variant: launch through megatron_gatednorm.training.pretrain "
+            "(or pass extra_args_provider=megatron_gatednorm.norm_flags.add_gatednorm_args)"
         )
     transformer_config = getattr(config, "transformer", config)
     return get_gatednorm_block_spec(

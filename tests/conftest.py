@@ -8,7 +8,7 @@ effect of whichever test module runs first):
   interpreted vs compiled when kernels are defined) and megatron-core's CUDA assumptions
   redirected by ``megatron_gatednorm.cpu_shim`` for the whole session, so a test sees the same
   process state whatever ran before it. Worker processes (torchrun) enter the shim themselves
-  through ``model.init_distributed(device="cpu")``.
+  through ``distributed.init_distributed(device="cpu")``.
 """
 
 import json

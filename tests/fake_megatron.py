@@ -1,4 +1,4 @@
-"""Stand-in for ``megatron_gatednorm.train`` in the Slurm tests (pretrain() needs CUDA).
+"""Stand-in for ``megatron_gatednorm.training.pretrain`` in the Slurm tests (pretrain() needs CUDA).
 
 It behaves like Megatron-LM with ``--exit-signal-handler``: on SIGTERM it saves a "checkpoint"
 (``latest_checkpointed_iteration.txt`` in ``--save``, written by rank 0) and exits 0; when

@@ -24,7 +24,7 @@ def parse(argv, world_size, validate, extra_args_provider=None):
     """Megatron-LM's ``parse_args`` (+ ``validate_args``) on ``argv``; argparse exits become errors."""
     from megatron.training.arguments import parse_args, validate_args
 
-    from megatron_gatednorm.train_args import add_train_args
+    from megatron_gatednorm.training.flags import add_train_args
 
     sys.argv = ["pretrain_gpt.py"] + argv
     os.environ.update(RANK="0", WORLD_SIZE=str(world_size), LOCAL_RANK="0")
@@ -41,7 +41,7 @@ def parse(argv, world_size, validate, extra_args_provider=None):
 
 def init_single_process():
     """A 1-process gloo group on a free local port, plus Megatron's parallel state (CPU shim)."""
-    from megatron_gatednorm.model import init_distributed
+    from megatron_gatednorm.distributed import init_distributed
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     init_distributed(device="cpu")

@@ -1,6 +1,6 @@
 """Run by tests/test_train_entry.py inside .venv-mcore019: megatron.training's own checkpoint
 code around ``mgn convert``. The tiny GatedNorm recipe in fp32 with zero-centred gamma is built
-through ``megatron_gatednorm.train.model_provider`` from Megatron-LM's parsed args.
+through ``megatron_gatednorm.training.pretrain.model_provider`` from Megatron-LM's parsed args.
 
 ``save DIR OUT``: move every weight off its initial value and save with
 ``megatron.training.checkpointing.save_checkpoint`` (iteration 7, no optimizer/RNG);
@@ -30,13 +30,13 @@ def main():
     from megatron.training import checkpointing
     from megatron.training.global_vars import set_args
 
-    import megatron_gatednorm.train as train
+    from megatron_gatednorm.training import pretrain as train
     from megatron_gatednorm.commands.launch import build
     from megatron_gatednorm.launch.argv import megatron_argv
 
     tp = int(os.environ.get("WORLD_SIZE", "1"))
     if "RANK" in os.environ:  # torchrun: the whole world is one tensor-parallel group
-        from megatron_gatednorm.model import init_distributed
+        from megatron_gatednorm.distributed import init_distributed
 
         init_distributed(tensor_model_parallel_size=tp, device="cpu")
     else:

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from megatron_gatednorm.args import FLAGS, add_gatednorm_args, norm_config_from_args, norm_config_to_argv
-from megatron_gatednorm.config import DEFAULTS, NormConfig
+from megatron_gatednorm.norm_flags import FLAGS, add_gatednorm_args, norm_config_from_args, norm_config_to_argv
+from megatron_gatednorm.norm_config import DEFAULTS, NormConfig
 
 
 def parse(*argv):
@@ -72,7 +72,7 @@ def test_every_flag_maps_to_a_field():
 
 def test_launcher_side_imports_no_torch():
     code = (
-        "import sys, megatron_gatednorm, megatron_gatednorm.args, megatron_gatednorm.parity, "
+        "import sys, megatron_gatednorm, megatron_gatednorm.norm_flags, megatron_gatednorm.parity, "
         "megatron_gatednorm.paper, megatron_gatednorm.cli; "
         "assert 'torch' not in sys.modules and 'megatron.core' not in sys.modules, sorted(sys.modules)"
     )

@@ -63,8 +63,8 @@ def test_fewer_gpus_than_local_ranks_is_an_error(monkeypatch):
 
 def test_init_distributed_and_the_small_trainer_refuse_cuda_without_it(broken_cuda, monkeypatch):
     pytest.importorskip("megatron.core")
-    from megatron_gatednorm.model import init_distributed
-    from megatron_gatednorm.small_trainer import train
+    from megatron_gatednorm.distributed import init_distributed
+    from megatron_gatednorm.training.small_trainer import train
 
     with pytest.raises(ValueError, match="^device=cuda but CUDA is not usable on this node"):
         init_distributed(device="cuda")
@@ -77,7 +77,7 @@ def test_init_distributed_and_the_small_trainer_refuse_cuda_without_it(broken_cu
 
 
 def test_mgn_train_needs_cuda_unless_mgn_device_says_cpu(broken_cuda, monkeypatch):
-    import megatron_gatednorm.train as entry
+    from megatron_gatednorm.training import pretrain as entry
 
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() rewrites sys.argv
     with pytest.raises(ValueError, match="^MGN_DEVICE=cuda but CUDA is not usable on this node.*set MGN_DEVICE=cpu"):
@@ -95,7 +95,7 @@ def test_sbatch_exports_the_recipe_device():
 
 
 def test_cpu_device_initialises_gloo_explicitly():
-    code = ("import torch.distributed as d; from megatron_gatednorm.model import init_distributed; "
+    code = ("import torch.distributed as d; from megatron_gatednorm.distributed import init_distributed; "
             "print(init_distributed(device='cpu'), d.get_backend())")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", dev.DEVICE_ENV)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megatron_gatednorm import fused_check
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.norms import norm_class
 
 
@@ -74,7 +74,8 @@ def test_cases_are_the_distinct_norm_modules_of_a_model():
     pytest.importorskip("megatron.core")
     if torch.cuda.is_available():
         pytest.skip("CPU-only test: the CPU shim refuses to run where CUDA is available")
-    from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+    from megatron_gatednorm.distributed import init_distributed
+    from megatron_gatednorm.model import build_gpt_model, transformer_config
     from megatron_gatednorm.model_shape import ModelShape
 
     init_distributed(device="cpu")

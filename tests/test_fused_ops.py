@@ -23,7 +23,7 @@ import sys
 import pytest
 import torch
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.ops import _triton_utils, dispatch, reference
 from megatron_gatednorm.ops._triton_utils import triton_status
 
@@ -348,7 +348,7 @@ def megatron_world():
     """A 1-process world with Megatron model parallelism 1x1: NCCL on a GPU, gloo and the CPU
     shim without CUDA (``init_distributed`` decides)."""
     pytest.importorskip("megatron.core")
-    from megatron_gatednorm.model import init_distributed
+    from megatron_gatednorm.distributed import init_distributed
 
     init_distributed()
     yield

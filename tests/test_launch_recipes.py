@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.launch.recipes import load_recipe, recipe_dir
 from megatron_gatednorm.launch.validate import make_plan, shape_from_megatron
 from megatron_gatednorm.paper import PAPER_MODELS

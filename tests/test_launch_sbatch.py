@@ -33,7 +33,7 @@ def test_script_header_and_resume_logic():
                  '  scancel --signal=TERM "$SLURM_JOB_ID"', '  scontrol requeue "$SLURM_JOB_ID"',
                  "srun --kill-on-bad-exit=1 --ntasks-per-node=8 python3 -m megatron_gatednorm.cli preflight "
                  "--recipe-json $RUN_DIR/recipe.json || { echo \"mgn: preflight failed\"; exit 3; }",
-                 'srun --kill-on-bad-exit=1 --ntasks-per-node=8 python3 -m megatron_gatednorm.train "${MEGATRON_ARGS[@]}" &',
+                 'srun --kill-on-bad-exit=1 --ntasks-per-node=8 python3 -m megatron_gatednorm.training.pretrain "${MEGATRON_ARGS[@]}" &',
                  "  --load", "  /runs/x/checkpoints", "  --exit-signal-handler"):
         assert line in s.splitlines(), line
     assert "--partition" not in s and "--container-image" not in s
@@ -57,7 +57,7 @@ def test_script_options():
     assert "#SBATCH --account=proj" in lines and "#SBATCH --exclude=n[1-2]" in lines
     assert "export NCCL_SOCKET_IFNAME=ib0" in lines
     assert 'export PYTHONPATH=/opt/Megatron-LM"${PYTHONPATH:+:$PYTHONPATH}"' in lines
-    train = next(l for l in lines if l.startswith("srun") and "megatron_gatednorm.train" in l)
+    train = next(l for l in lines if l.startswith("srun") and "megatron_gatednorm.training.pretrain" in l)
     assert train.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=1 --container-image=/img/mgn.sqsh "
                             "--container-mounts=/data:/data --container-workdir=$PWD python3 -m torch.distributed.run "
                             "--nnodes=$SLURM_NNODES --nproc-per-node=8 --rdzv-backend=c10d")
@@ -115,7 +115,7 @@ def test_dry_run_prints_script_numbers_and_command():
     assert "# parity        ffn_hidden_size 6144 -> " in out and "dp=32" in out
     assert "# ---- choices (hyper-parameters the paper does not state; override with key=value) ----" in out
     assert "# rotary_base: 1e6 as in Qwen3; not stated" in out
-    assert "# python3 -m megatron_gatednorm.train --num-layers 28" in out
+    assert "# python3 -m megatron_gatednorm.training.pretrain --num-layers 28" in out
 
 
 @pytest.mark.parametrize("variant", ["rmsnorm", "preaffine", "gatednorm", "preaffine_gatednorm"])

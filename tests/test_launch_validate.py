@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from megatron_gatednorm.commands.launch import build
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.paper import PAPER_MODELS
 from megatron_gatednorm.parity import parity_ffn
 from megatron_gatednorm.launch.argv import megatron_argv
@@ -160,7 +160,7 @@ def test_validation_errors(spec, overrides, nodes, expected):
 def test_layernorm_recompute_needs_transformer_engine():
     """Refused for local layers (launch validation, before anything is submitted); fine with TE
     layers (dense2b, and Megatron's default transformer_impl) or without selective recompute."""
-    from megatron_gatednorm.args import check_recompute_modules
+    from megatron_gatednorm.norm_flags import check_recompute_modules
 
     fix = "valid: --transformer-impl transformer_engine, or drop layernorm from --recompute-modules"
     message = err("tiny", ["megatron.recompute_granularity=selective", "megatron.recompute_modules=layernorm"])

@@ -105,7 +105,7 @@ def test_transformer_config_kwargs_rename_and_pin():
 
 
 def test_small_trainer_flags_come_from_the_table():
-    from megatron_gatednorm.small_trainer import build_parser
+    from megatron_gatednorm.training.small_trainer import build_parser
 
     parser = build_parser()
     options = {s for action in parser._actions for s in action.option_strings}
@@ -123,7 +123,7 @@ def test_small_trainer_flags_come_from_the_table():
 
 
 def test_checkpoint_args_round_trip():
-    from megatron_gatednorm.config import NormConfig
+    from megatron_gatednorm.norm_config import NormConfig
     from megatron_gatednorm.checkpoint import Arch, CheckpointError, arch_from_args, megatron_args
 
     for name in ("tiny", "mha-untied", "moe-pattern", "hybrid"):

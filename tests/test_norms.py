@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from megatron_gatednorm.config import GATE_ACTIVATIONS, VARIANTS, NormConfig, NormConfigError
+from megatron_gatednorm.norm_config import GATE_ACTIVATIONS, VARIANTS, NormConfig, NormConfigError
 from megatron_gatednorm.norms import NORM_CLASSES, norm_class
 
 HIDDEN, SEQ, BATCH = 72, 5, 3

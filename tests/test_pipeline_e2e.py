@@ -15,7 +15,7 @@ from megatron_gatednorm.cli import main as mgn  # noqa: E402
 
 
 def test_end_to_end(tiny_data, tmp_path):
-    from megatron_gatednorm.small_trainer import train
+    from megatron_gatednorm.training.small_trainer import train
 
     run = tmp_path / "run"
     summary = train(trainer_argv(tiny_data, run, iters=4, extra=["--norm-variant", "preaffine_gatednorm"]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 
 from megatron_gatednorm.model_shape import ModelShape
 
@@ -30,7 +30,7 @@ def world():
     """A 1-process gloo world with Megatron model parallelism 1x1 (CPU shim applied)."""
     if torch.cuda.is_available():
         pytest.skip("CPU-only test: the CPU shim refuses to run where CUDA is available")
-    from megatron_gatednorm.model import init_distributed
+    from megatron_gatednorm.distributed import init_distributed
 
     init_distributed(device="cpu")
 

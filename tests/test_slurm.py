@@ -122,7 +122,7 @@ def test_small_trainer_workload_signal_requeue_resume_matches_uninterrupted(slur
 
     iters = 12
     overrides = ["launch.preflight=false", f"megatron.train_iters={iters}", "megatron.save_interval=1000",
-                 "launch.entrypoint=-m megatron_gatednorm.small_trainer"]
+                 "launch.entrypoint=-m megatron_gatednorm.training.small_trainer"]
     plan, job, log = _submit(tmp_path, *overrides)
     sc.wait_for(lambda: '"iteration": 2,' in _read(log), timeout_s=240, what="iteration 2 in the job log")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
@@ -144,7 +144,7 @@ def test_small_trainer_workload_signal_requeue_resume_matches_uninterrupted(slur
     from conftest import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-           "-m", "megatron_gatednorm.small_trainer", *argv]
+           "-m", "megatron_gatednorm.training.small_trainer", *argv]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

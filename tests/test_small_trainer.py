@@ -13,10 +13,10 @@ from conftest import free_port, trainer_argv
 
 
 def run_trainer(argv, nproc=1, env=None):
-    cmd = [sys.executable, "-m", "megatron_gatednorm.small_trainer", *argv]
+    cmd = [sys.executable, "-m", "megatron_gatednorm.training.small_trainer", *argv]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
-               "-m", "megatron_gatednorm.small_trainer", *argv]
+               "-m", "megatron_gatednorm.training.small_trainer", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(env or {})), timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -71,7 +71,7 @@ def test_data_and_tensor_parallel_runs_match_single_rank(tiny_data, tmp_path):
 
 
 def test_bad_batch_configuration(tiny_data, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "megatron_gatednorm.small_trainer",
+    proc = subprocess.run([sys.executable, "-m", "megatron_gatednorm.training.small_trainer",
                            *trainer_argv(tiny_data, tmp_path, extra=["--global-batch-size", "3"])],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid --global-batch-size=3" in proc.stderr

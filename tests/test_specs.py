@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_gatednorm.config import VARIANTS, NormConfig
+from megatron_gatednorm.norm_config import VARIANTS, NormConfig
 from megatron_gatednorm.paper import PAPER_MODELS
 from megatron_gatednorm.model_shape import ModelShape
 from megatron_gatednorm.parity import count_params, parity_ffn
@@ -14,7 +14,8 @@ from megatron.core.tensor_parallel.layers import ColumnParallelLinear  # noqa: E
 from megatron.core.transformer.identity_op import IdentityOp  # noqa: E402
 
 from megatron_gatednorm import specs  # noqa: E402
-from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config  # noqa: E402
+from megatron_gatednorm.distributed import init_distributed
+from megatron_gatednorm.model import build_gpt_model, transformer_config  # noqa: E402
 from megatron_gatednorm.norms import GatedRMSNorm, RMSNorm  # noqa: E402
 
 TINY = ModelShape(

@@ -93,7 +93,7 @@ def test_model_provider_builds_the_plugin_model(result):
 
 
 def test_mgn_train_passes_every_argument_to_megatron(monkeypatch):
-    import megatron_gatednorm.train as train
+    from megatron_gatednorm.training import pretrain as train
     from megatron_gatednorm.cli import main
 
     seen = []

@@ -1,7 +1,7 @@
 """Run by tests/test_train_entry.py inside .venv-mcore019 (megatron-core 0.19.2 with its real
 ``megatron.training``): parses every recipe's argv with Megatron-LM's own parser plus the
 plugin's ``extra_args_provider``, runs ``validate_args``, and builds the tiny model through
-``megatron_gatednorm.train.model_provider``. Prints one JSON object."""
+``megatron_gatednorm.training.pretrain.model_provider``. Prints one JSON object."""
 
 import contextlib
 import io
@@ -16,7 +16,7 @@ from megatron_gatednorm.launch.argv import megatron_argv  # noqa: E402
 CASES = json.loads(sys.argv[1])
 out = {"parsed": {}, "errors": {}}
 
-from megatron_gatednorm.args import norm_config_from_args  # noqa: E402
+from megatron_gatednorm.norm_flags import norm_config_from_args  # noqa: E402
 
 for spec, overrides, nodes, validate in CASES:
     plan, _ = build(spec, overrides, nodes)
@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from megatron.training import pretrain  # noqa: E402
 from megatron.training.global_vars import set_args  # noqa: E402
 
-import megatron_gatednorm.train as train  # noqa: E402
+from megatron_gatednorm.training import pretrain as train  # noqa: E402
 from megatron_gatednorm.parity import count_params  # noqa: E402
 
 out["pretrain_call_style"] = train.pretrain_call_style(pretrain)
@@ -83,7 +83,7 @@ out["models"] = models
 from megatron.core.process_groups_config import ProcessGroupCollection  # noqa: E402
 from megatron.training.argument_utils import gpt_config_from_args  # noqa: E402
 
-from megatron_gatednorm.args import add_gatednorm_args  # noqa: E402
+from megatron_gatednorm.norm_flags import add_gatednorm_args  # noqa: E402
 
 plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
                          "megatron.spec=[megatron_gatednorm.specs, gatednorm_block_spec_from_args]"] + CPU_FLAGS, 1)

@@ -70,7 +70,7 @@ class Setup:
     def build(self, variant: str, **overrides):
         from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-        from megatron_gatednorm.config import NormConfig
+        from megatron_gatednorm.norm_config import NormConfig
         from megatron_gatednorm.model import build_gpt_model, transformer_config
 
         torch.manual_seed(1234)
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         import megatron.core
     except ImportError as e:
         C.fail("gpt_tiny", f"needs megatron-core ({e}); gpu_check.sh installs it from .whl/")
-    from megatron_gatednorm.model import init_distributed
+    from megatron_gatednorm.distributed import init_distributed
 
     init_distributed()  # NCCL on CUDA; gloo + the CPU shim only where CUDA is absent
     setup = Setup(args.cpu_smoke)

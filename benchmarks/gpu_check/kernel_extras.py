@@ -96,7 +96,7 @@ def over_2_31_elements(dev, cpu_smoke):
 
 def _module(dev, d):
     """A PreAffineGatedRMSNorm as Megatron builds it with --bf16 (gate_up random, not zero)."""
-    from megatron_gatednorm.config import NormConfig
+    from megatron_gatednorm.norm_config import NormConfig
     from megatron_gatednorm.norms import PreAffineGatedRMSNorm
 
     torch.manual_seed(0)

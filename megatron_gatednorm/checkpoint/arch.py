@@ -15,9 +15,9 @@ from typing import Optional
 
 import torch
 
-from megatron_gatednorm.args import norm_config_dests, norm_config_from_args
+from megatron_gatednorm.norm_flags import norm_config_dests, norm_config_from_args
 from megatron_gatednorm.checkpoint.errors import CheckpointError
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.model_shape import (
     MEGATRON_FLAGS,
     ModelShape,

@@ -91,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _norm_config(variant_flags):
-    from megatron_gatednorm.args import add_gatednorm_args, norm_config_from_args
+    from megatron_gatednorm.norm_flags import add_gatednorm_args, norm_config_from_args
 
     return norm_config_from_args(add_gatednorm_args(argparse.ArgumentParser()).parse_args(variant_flags))
 
@@ -131,7 +131,7 @@ def run(args) -> int:
     from megatron_gatednorm.cli import main as mgn
     from megatron_gatednorm.convert.to_hf import convert_to_hf
     from megatron_gatednorm.parity import padded_vocab
-    from megatron_gatednorm.small_trainer import train
+    from megatron_gatednorm.training.small_trainer import train
 
     size = SIZES[args.size]
     names = [v.strip() for v in args.variants.split(",") if v.strip()]

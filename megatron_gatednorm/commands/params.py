@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from megatron_gatednorm.config import DEFAULTS, VARIANTS, NormConfig
+from megatron_gatednorm.norm_config import DEFAULTS, VARIANTS, NormConfig
 
 HELP = "Report parameters, GatedNorm/PreAffine overhead and parity FFN width for the paper's models."
 
@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _built_params(shape, nc) -> int:
     """Parameters of the GPTModel the specs build, on the meta device."""
-    from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+    from megatron_gatednorm.distributed import init_distributed
+    from megatron_gatednorm.model import build_gpt_model, transformer_config
 
     init_distributed()
     config = transformer_config(

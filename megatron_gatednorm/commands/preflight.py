@@ -173,7 +173,8 @@ def run(args) -> int:
                          f"failed: {type(e).__name__}: {e}") from None
     t_rdzv = time.time() - t0
     try:
-        from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+        from megatron_gatednorm.distributed import init_distributed
+        from megatron_gatednorm.model import build_gpt_model, transformer_config
 
         init_distributed(
             tensor_model_parallel_size=int(m["tensor_model_parallel_size"]),

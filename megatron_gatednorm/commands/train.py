@@ -1,5 +1,5 @@
 """``mgn train``: Megatron-LM's ``pretrain()`` with the plugin's flags and specs
-(the same as ``python -m megatron_gatednorm.train``)."""
+(the same as ``python -m megatron_gatednorm.training.pretrain``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from megatron_gatednorm.train import main
+    from megatron_gatednorm.training.pretrain import main
 
     return main(args.megatron_args)

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.checkpoint import Arch, CheckpointError, Tensors
 from megatron_gatednorm.model_shape import ModelShape
 

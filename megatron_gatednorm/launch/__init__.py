@@ -8,7 +8,7 @@ One concern per module:
 * :mod:`.validate` — parallel layout, batch, sequence, token budget → iterations, parameter and
   per-GPU memory estimates; every error is a ValueError naming the field and what would fit;
 * :mod:`.argv` — the resolved recipe as Megatron-LM command-line flags (Megatron's own names,
-  plugin flags from :data:`megatron_gatednorm.args.FLAGS`);
+  plugin flags from :data:`megatron_gatednorm.norm_flags.FLAGS`);
 * :mod:`.sbatch` — the sbatch script (srun-native or torchrun, signal → save → requeue,
   resume, dependent-job chains) and submission.
 """

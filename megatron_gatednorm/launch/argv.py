@@ -3,16 +3,16 @@
 Recipe keys are Megatron's flag names in snake_case: ``True`` → ``--flag``, ``False``/``None`` →
 omitted (so a ``store_false`` flag is written under its own name, ``no_masked_softmax_fusion:
 true``), a list → ``--flag a b``, anything else → ``--flag value``. Plugin flags come from
-:func:`megatron_gatednorm.args.norm_config_to_argv` (``--norm-variant`` always, the others only
-where they differ from NormConfig's defaults) and :data:`megatron_gatednorm.train_args.TRAIN_FLAGS`.
+:func:`megatron_gatednorm.norm_flags.norm_config_to_argv` (``--norm-variant`` always, the others only
+where they differ from NormConfig's defaults) and :data:`megatron_gatednorm.training.flags.TRAIN_FLAGS`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from megatron_gatednorm.args import norm_config_to_argv
-from megatron_gatednorm.train_args import TRAIN_FLAGS, dest
+from megatron_gatednorm.norm_flags import norm_config_to_argv
+from megatron_gatednorm.training.flags import TRAIN_FLAGS, dest
 
 
 def flag(key: str) -> str:
@@ -49,5 +49,5 @@ def plugin_argv(plan) -> List[str]:
 
 
 def megatron_argv(plan) -> List[str]:
-    """The full argument list of ``python -m megatron_gatednorm.train`` for this plan."""
+    """The full argument list of ``python -m megatron_gatednorm.training.pretrain`` for this plan."""
     return flags_to_argv(plan.megatron) + plugin_argv(plan)

@@ -55,7 +55,7 @@ LAUNCH_DEFAULTS: Dict[str, Any] = dict(
     activation_memory_factor=1.0,  # scale on the activation estimate (calibrate per cluster)
     run_dir="runs/{name}",      # checkpoints, logs, tensorboard; relative → to the cwd
     python="python3",           # interpreter on the compute nodes
-    entrypoint="-m megatron_gatednorm.train",
+    entrypoint="-m megatron_gatednorm.training.pretrain",
     preflight=True,             # run `mgn preflight` on every rank before training
     megatron_lm_path=None,      # Megatron-LM checkout prepended to PYTHONPATH (pretrain_gpt)
     pythonpath=None,            # extra PYTHONPATH entries (e.g. this checkout)
@@ -283,7 +283,7 @@ def _check_keys(section: dict, valid: dict, section_name: str, where: str) -> No
 
 
 def _check_gatednorm_keys(section: dict, where: str) -> None:
-    from megatron_gatednorm.train_args import plugin_flag_dests
+    from megatron_gatednorm.training.flags import plugin_flag_dests
 
     _check_keys(section, dict.fromkeys(plugin_flag_dests()), "gatednorm", where)
 
@@ -347,8 +347,8 @@ def coerce(key: str, text: str, like: Any) -> Any:
 
 def _plugin_defaults() -> Dict[str, Any]:
     """Plugin flag dest → its default (NormConfig's, or TRAIN_FLAGS'), for typing overrides."""
-    from megatron_gatednorm.args import FLAGS, _default
-    from megatron_gatednorm.train_args import TRAIN_FLAGS, dest
+    from megatron_gatednorm.norm_flags import FLAGS, _default
+    from megatron_gatednorm.training.flags import TRAIN_FLAGS, dest
 
     out = {dest(f): _default(field_name) for f, field_name, _ in FLAGS}
     out.update({dest(f): kw.get("default") for f, kw in TRAIN_FLAGS})

@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from megatron_gatednorm.args import check_recompute_modules, dest, norm_config_from_values
-from megatron_gatednorm.config import NormConfig, NormConfigError
+from megatron_gatednorm.norm_flags import check_recompute_modules, dest, norm_config_from_values
+from megatron_gatednorm.norm_config import NormConfig, NormConfigError
 from megatron_gatednorm.device import parse_device
 from megatron_gatednorm.launch.recipes import Recipe
 from megatron_gatednorm.model_shape import ModelShape, flag_value, missing_required, shape_from_flags
@@ -380,8 +380,8 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
         m["wandb_project"] = launch["wandb_project"]
         m["wandb_exp_name"] = launch.get("wandb_exp_name") or recipe.name
         m.setdefault("wandb_save_dir", f"{run_dir}/wandb")
-    if "megatron_gatednorm.train" in str(launch["entrypoint"]) and not launch.get("megatron_lm_path"):
-        plan.warnings.append("launch.megatron_lm_path is unset: megatron_gatednorm.train imports Megatron-LM's "
+    if "megatron_gatednorm.training.pretrain" in str(launch["entrypoint"]) and not launch.get("megatron_lm_path"):
+        plan.warnings.append("launch.megatron_lm_path is unset: megatron_gatednorm.training.pretrain imports Megatron-LM's "
                              "pretrain_gpt.py, which must then be importable on the nodes (container or PYTHONPATH)")
     if not m.get("mock_data") and not m.get("data_path"):
         plan.warnings.append("megatron.data_path is unset and mock_data is off: set data_path=<prefix> "

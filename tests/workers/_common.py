@@ -12,7 +12,7 @@ import json
 import torch
 import torch.distributed as dist
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.model_shape import ModelShape
 
 SEED = 1234
@@ -66,7 +66,7 @@ def full_logits(model, toks):
 
 def finalize_grads(model, config):
     """The plugin's training-loop gradient finalisation (TP/SP norm all-reduce, DP average)."""
-    from megatron_gatednorm.model import finalize_grads as finalize
+    from megatron_gatednorm.distributed import finalize_grads as finalize
 
     finalize(model, config)
 

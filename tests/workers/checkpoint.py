@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 from _common import TINY, build, full_logits, max_diff, parse_args, positions, tokens, write
 
-from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.model import init_distributed
+from megatron_gatednorm.norm_config import NormConfig
+from megatron_gatednorm.distributed import init_distributed
 
 VARIANTS = ("preaffine_gatednorm", "gatedyt")
 SHAPE = TINY.replace(num_layers=4)

@@ -14,12 +14,13 @@ import torch.distributed as dist
 from _common import SEED, TINY, TINY_MOE, write
 from _common import perturb as shared_perturb
 
-from megatron_gatednorm.config import NormConfig
+from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.checkpoint import (
     Arch, arch_from_args, iteration_dir, load_megatron_checkpoint, megatron_args, save_checkpoint,
 )
 from megatron_gatednorm.checkpoint.common_state import read_common
-from megatron_gatednorm.model import build_gpt_model, init_distributed, transformer_config
+from megatron_gatednorm.distributed import init_distributed
+from megatron_gatednorm.model import build_gpt_model, transformer_config
 
 BATCH, SEQ, NEW = 2, 8, 8
 DENSE = TINY.replace(max_position_embeddings=SEQ + NEW)

@@ -11,8 +11,8 @@ from _common import (
     tokens, write,
 )
 
-from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.model import init_distributed
+from megatron_gatednorm.norm_config import NormConfig
+from megatron_gatednorm.distributed import init_distributed
 
 VARIANTS = ("rmsnorm", "gatednorm", "preaffine", "preaffine_gatednorm")
 

@@ -13,8 +13,8 @@ from _common import (
     tokens, write,
 )
 
-from megatron_gatednorm.config import NormConfig
-from megatron_gatednorm.model import init_distributed
+from megatron_gatednorm.norm_config import NormConfig
+from megatron_gatednorm.distributed import init_distributed
 
 N_MICRO = 4
 SHAPE = TINY.replace(num_layers=4)

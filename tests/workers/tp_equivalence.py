@@ -12,8 +12,8 @@ from _common import (
     tokens, write,
 )
 
-from megatron_gatednorm.config import VARIANTS, NormConfig
-from megatron_gatednorm.model import init_distributed
+from megatron_gatednorm.norm_config import VARIANTS, NormConfig
+from megatron_gatednorm.distributed import init_distributed
 
 _NC = dict(gate_up_init="init_method")  # W_up = 0 would make W_down's gradient exactly zero
 CASES = {f"{v}+ga": (TINY, NormConfig(variant=v, **_NC), {}) for v in VARIANTS}

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from megatron_gatednorm.args import add_gatednorm_args
+from megatron_gatednorm.norm_flags import add_gatednorm_args
 from megatron_gatednorm.model_shape import add_flags, flags_from_extras, flags_from_shape
 
 # Production flags with no effect on this trainer's math (accepted, reported as ignored).
@@ -266,8 +266,9 @@ def train(argv: Optional[List[str]] = None) -> dict:
     import torch.distributed as dist
 
     from megatron_gatednorm.analysis.peak_monitor import PeakActivationMonitor
-    from megatron_gatednorm.args import norm_config_from_args
-    from megatron_gatednorm.model import build_gpt_model, finalize_grads, init_distributed, transformer_config
+    from megatron_gatednorm.norm_flags import norm_config_from_args
+    from megatron_gatednorm.distributed import finalize_grads, init_distributed
+    from megatron_gatednorm.model import build_gpt_model, transformer_config
     from megatron_gatednorm.checkpoint import arch_from_args
     from megatron_gatednorm.parity import padded_vocab
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from megatron_gatednorm.config import (
+from megatron_gatednorm.norm_config import (
     DEFAULTS,
     GATE_ACTIVATIONS,
     GATE_UP_INITS,

@@ -1,8 +1,8 @@
-"""Training entry point: ``python -m megatron_gatednorm.train <Megatron-LM flags>`` (or ``mgn train``).
+"""Training entry point: ``python -m megatron_gatednorm.training.pretrain <Megatron-LM flags>`` (or ``mgn train``).
 
 Wraps ``megatron.training.pretrain`` with
 
-* ``extra_args_provider`` = :func:`megatron_gatednorm.train_args.add_train_args` (the plugin's
+* ``extra_args_provider`` = :func:`megatron_gatednorm.training.flags.add_train_args` (the plugin's
   ``--norm-variant``, ``--gatednorm-*`` … flags), and
 * :func:`model_provider`, which builds a ``GPTModel`` from Megatron's parsed arguments with the
   plugin's block spec (:func:`megatron_gatednorm.specs.get_gatednorm_block_spec`).
@@ -31,7 +31,7 @@ import sys
 from typing import List, Optional
 
 from megatron_gatednorm.launch.ranks import torch_env_from_slurm
-from megatron_gatednorm.train_args import add_train_args
+from megatron_gatednorm.training.flags import add_train_args
 
 ARGS_DEFAULTS = {"tokenizer_type": "GPT2BPETokenizer"}  # as upstream pretrain_gpt.py
 
@@ -48,7 +48,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
     from megatron.training import get_args, print_rank_0
     from megatron.training.arguments import core_transformer_config_from_args
 
-    from megatron_gatednorm.args import norm_config_from_args
+    from megatron_gatednorm.norm_flags import norm_config_from_args
     from megatron_gatednorm.specs import get_gatednorm_block_spec
 
     args = get_args()
@@ -94,7 +94,7 @@ def _upstream_gpt():
         import pretrain_gpt
     except ImportError as e:
         raise ImportError(
-            "megatron_gatednorm.train needs Megatron-LM's pretrain_gpt.py (forward_step, datasets): put a "
+            "megatron_gatednorm.training.pretrain needs Megatron-LM's pretrain_gpt.py (forward_step, datasets): put a "
             "Megatron-LM checkout of the core_v* tag matching megatron-core on PYTHONPATH "
             f"(recipe key launch.megatron_lm_path); import failed: {e}"
         ) from e

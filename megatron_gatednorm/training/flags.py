@@ -1,5 +1,5 @@
 """Flags of the training entry point (``mgn train``): the plugin's norm flags
-(:data:`megatron_gatednorm.args.FLAGS`) plus the few model switches Megatron-LM has no flag
+(:data:`megatron_gatednorm.norm_flags.FLAGS`) plus the few model switches Megatron-LM has no flag
 for. Imports neither torch nor Megatron, so the launcher validates recipes against the same
 table that the entry point hands to argparse."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Tuple
 
-from megatron_gatednorm.args import FLAGS, add_gatednorm_args, dest
+from megatron_gatednorm.norm_flags import FLAGS, add_gatednorm_args, dest
 
 # (flag, argparse kwargs). Defaults are the Megatron behaviour, so omitting a flag changes nothing.
 TRAIN_FLAGS: List[Tuple[str, dict]] = [
