@@ -1,4 +1,4 @@
-"""Shared fixtures: running the torchrun workers in tests/workers and reading their results.
+"""Session setup and shared fixtures (helper functions live in ``tests/helpers``).
 
 How this pytest process meets the hardware, decided once at session start (never as a side
 effect of whichever test module runs first):
@@ -11,14 +11,10 @@ effect of whichever test module runs first):
   through ``distributed.init_distributed(device="cpu")``.
 """
 
-import json
 import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers.processes import run_worker
 
 try:
     import torch
@@ -57,31 +53,6 @@ def kernels():
     return mod
 
 
-WORKERS = Path(__file__).parent / "workers"
-REPO = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for torchrun's --master-port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_worker(cwd: Path, worker: str, nproc: int = 2, *args: str, timeout: int = 600) -> dict:
-    """Run ``tests/workers/<worker>`` under torchrun in ``cwd`` → its JSON results (fails on a
-    non-zero exit)."""
-    out = Path(cwd) / f"{Path(worker).stem}.json"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-        f"--master-port={free_port()}", str(WORKERS / worker), "--out", str(out), *args,
-    ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WORKERS), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    assert proc.returncode == 0, f"{worker} failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    return json.loads(out.read_text())
-
-
 @pytest.fixture
 def torchrun(tmp_path):
     """``torchrun(worker, nproc, *args)``: :func:`run_worker` in this test's tmp_path."""
@@ -97,16 +68,3 @@ def tiny_data(tmp_path_factory):
     assert main(["data", "--out", str(out), "--max-works", "3", "--vocab-size", "512", "--doc-chars", "1000"]) == 0
     return out
 
-
-def trainer_argv(data, save, iters=6, extra=()):
-    """The small trainer's flags for a 2-layer model on ``tiny_data``."""
-    return [
-        "--num-layers", "2", "--hidden-size", "48", "--num-attention-heads", "4", "--group-query-attention",
-        "--num-query-groups", "2", "--ffn-hidden-size", "96", "--swiglu", "--disable-bias-linear",
-        "--qk-layernorm", "--attention-output-gate", "--seq-length", "32", "--micro-batch-size", "2",
-        "--global-batch-size", "4", "--train-iters", str(iters), "--lr", "3e-3", "--lr-warmup-iters", "2",
-        "--data-path", str(data / "train_text_document"), "--valid-data-path", str(data / "heldout_text_document"),
-        "--tokenizer-model", str(data / "tokenizer"), "--data-cache-path", str(data / "cache"),
-        "--save", str(save), "--eval-iters", "2", "--outlier-log-interval", "3", "--gatednorm-rank", "4",
-        *extra,
-    ]

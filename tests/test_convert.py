@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_worker
+from helpers.processes import run_worker
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")

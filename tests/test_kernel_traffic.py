@@ -22,7 +22,7 @@ VARIANTS = {  # name: (pre, gated)
 
 
 def _measure(kernels, rows, d, rank, *, pre, gated, dtype, param_dtype):
-    from interpreter_traffic import record
+    from helpers.interpreter_traffic import record
 
     g = torch.Generator().manual_seed(0)
     params = {"weight": torch.randn(d, generator=g).to(param_dtype)}

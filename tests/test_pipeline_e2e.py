@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.slow]
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-from conftest import trainer_argv  # noqa: E402
+from helpers.small_runs import trainer_argv  # noqa: E402
 
 from megatron_gatednorm.cli import main as mgn  # noqa: E402
 

@@ -6,7 +6,7 @@
    training step, which saves and exits; the script requeues the job; the rerun
    (``SLURM_RESTART_COUNT=1``) finds the checkpoint in ``--save`` and resumes from it.
 
-Training itself is ``tests/fake_megatron.py`` (Megatron's pretrain() needs CUDA), which mimics
+Training itself is ``tests/workers/fake_megatron.py`` (Megatron's pretrain() needs CUDA), which mimics
 ``--exit-signal-handler`` and Megatron's checkpoint tracker file.
 """
 
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import slurm_cluster as sc  # tests/ is on sys.path (pytest rootdir-relative import)
+import helpers.slurm_cluster as sc
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKE = ROOT / "tests" / "fake_megatron.py"
+FAKE = ROOT / "tests" / "workers" / "fake_megatron.py"
 
 if not shutil.which("sbatch") and not sc.in_ci():
     pytest.skip("Slurm (sbatch) is not installed and CI is not set; .ci/slurm_up.sh installs it",
@@ -141,7 +141,7 @@ def test_small_trainer_workload_signal_requeue_resume_matches_uninterrupted(slur
     argv = [a if a != plan.megatron["save"] else str(tmp_path / "straight") for a in megatron_argv(plan)]
     import os
 
-    from conftest import free_port
+    from helpers.processes import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            "-m", "megatron_gatednorm.training.small_trainer", *argv]

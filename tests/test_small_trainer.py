@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("tokenizers")
 
-from conftest import free_port, trainer_argv
+from helpers.processes import free_port
+from helpers.small_runs import trainer_argv
 
 
 def run_trainer(argv, nproc=1, env=None):
@@ -75,3 +76,34 @@ def test_bad_batch_configuration(tiny_data, tmp_path):
                            *trainer_argv(tiny_data, tmp_path, extra=["--global-batch-size", "3"])],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid --global-batch-size=3" in proc.stderr
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_before_a_non_finite_step(tiny_data, tmp_path):
+    """A learning rate that overflows the weights: the run stops with exit 3 naming the iteration,
+    and the last committed checkpoint holds only finite weights. Without the check (Megatron's
+    ``--no-check-for-nan-in-loss-and-grad``) the same run trains on through non-finite losses."""
+    import math
+
+    import torch
+
+    from megatron_gatednorm.checkpoint import iteration_dir, read_checkpoint
+
+    diverge = ["--lr", "1e30", "--lr-warmup-iters", "0", "--clip-grad", "0", "--save-interval", "1",
+               "--lr-decay-style", "constant"]
+    cmd = [sys.executable, "-m", "megatron_gatednorm.training.small_trainer"]
+    proc = subprocess.run(cmd + trainer_argv(tiny_data, tmp_path / "run", iters=6, extra=diverge),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("small-train: error: non-finite values at iteration ") and "Traceback" not in proc.stderr
+    failed = int(message.split("iteration ")[1].split(":")[0])
+    _, committed = iteration_dir(tmp_path / "run")
+    assert committed == failed - 1
+    _, _, tensors = read_checkpoint(tmp_path / "run")
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+
+    unchecked = run_trainer(trainer_argv(tiny_data, tmp_path / "unchecked", iters=failed,
+                                         extra=diverge + ["--no-check-for-nan-in-loss-and-grad"]))
+    step = [r for r in unchecked if r["event"] == "train"][failed - 1]
+    assert not (math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])), step

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import free_port
+from helpers.processes import free_port
 from megatron_gatednorm.launch.recipes import recipe_dir
-from slurm_cluster import in_ci  # tests/ is on sys.path (pytest rootdir-relative import)
+from helpers.slurm_cluster import in_ci
 
 pytestmark = [pytest.mark.slow, pytest.mark.mcore019]
 
@@ -44,10 +44,10 @@ def _require_venv():
 
 
 def _in_venv(script, *argv, cwd=ROOT, nproc=0):
-    """Run tests/<script> with the venv's Python (under torchrun with ``nproc`` processes)."""
+    """Run tests/workers/<script> with the venv's Python (under torchrun with ``nproc`` processes)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
-    proc = subprocess.run([str(VENV_PY), *(launcher if nproc else []), str(ROOT / "tests" / script), *map(str, argv)],
+    proc = subprocess.run([str(VENV_PY), *(launcher if nproc else []), str(ROOT / "tests" / "workers" / script), *map(str, argv)],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -56,7 +56,7 @@ def _in_venv(script, *argv, cwd=ROOT, nproc=0):
 @pytest.fixture(scope="module")
 def result():
     _require_venv()
-    stdout = _in_venv("train_entry_worker.py", json.dumps(_cases()))
+    stdout = _in_venv("train_entry.py", json.dumps(_cases()))
     line = next((l for l in stdout.splitlines() if l.startswith("RESULT ")), None)
     assert line, stdout[-3000:]
     return json.loads(line[len("RESULT "):])
@@ -139,7 +139,7 @@ def test_megatron_training_checkpoints_convert_both_ways(tmp_path):
 
     _require_venv()
     saved, hf, back = tmp_path / "saved", tmp_path / "hf", tmp_path / "back"
-    _in_venv("megatron_checkpoint_worker.py", "save", saved, tmp_path / "saved.json", cwd=tmp_path)
+    _in_venv("megatron_checkpoint.py", "save", saved, tmp_path / "saved.json", cwd=tmp_path)
     ref = json.loads((tmp_path / "saved.json").read_text())
     assert not (saved / "iter_0000007" / "common.pt").exists()  # 0.19 keeps args in the torch_dist files
     assert convert_to_hf(saved, hf, progress=False) == "GatedNormForCausalLM"
@@ -153,7 +153,7 @@ def test_megatron_training_checkpoints_convert_both_ways(tmp_path):
     convert_to_megatron(hf, back, tp=2)
     for mode, nproc in (("finetune", 0), ("resume", 0), ("resume", 2)):
         out = tmp_path / f"{mode}-{nproc}.json"
-        _in_venv("megatron_checkpoint_worker.py", mode, back, out, cwd=tmp_path, nproc=nproc)
+        _in_venv("megatron_checkpoint.py", mode, back, out, cwd=tmp_path, nproc=nproc)
         loaded = json.loads(out.read_text())
         assert loaded["iteration"] == 0 and loaded["tp"] == max(nproc, 1), (mode, nproc)
         diff = float((torch.tensor(loaded["logits"]) - expected).abs().max())

@@ -14,9 +14,11 @@ then a data-parallel average: dense parameters over DP, expert parameters over e
 global-norm clipping, AdamW with linear warm-up then cosine/linear/constant decay (Megatron's
 weight-decay rule: none on biases and 1-D parameters). Pipeline parallelism is not supported.
 
-Checkpoints (``--save``/``--load``): Megatron-LM torch_dist layout (see ``checkpoint.py``),
+Checkpoints (``--save``/``--load``): Megatron-LM torch_dist layout (see :mod:`megatron_gatednorm.checkpoint`),
 readable by ``mgn convert`` and ``megatron.training``; per-rank optimizer state beside it.
 ``--exit-signal-handler``: SIGTERM/SIGUSR1 make it save at the end of the iteration and exit 0.
+A NaN/Inf loss or gradient norm stops it before that optimizer step (exit 3, the last checkpoint
+untouched) unless ``--no-check-for-nan-in-loss-and-grad``, as Megatron-LM does.
 Logs: one JSON line per ``--log-interval`` to stdout and ``<save>/train_log.jsonl``: loss, lr,
 grad norm, and every ``--outlier-log-interval`` the per-layer peak |h| (also to TensorBoard
 with ``--tensorboard-dir``).
@@ -30,6 +32,7 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--exit-signal-handler", action="store_true")
+    g.add_argument("--no-check-for-nan-in-loss-and-grad", action="store_false", dest="check_for_nan_in_loss_and_grad",
+                   help="do not stop on a non-finite loss or gradient norm (Megatron-LM's flag; checking is the default)")
     g.add_argument("--log-interval", type=int, default=1)
     g.add_argument("--eval-interval", type=int, default=None)
     g.add_argument("--eval-iters", type=int, default=4)
@@ -260,53 +265,86 @@ def _resume(args, model, optimizer, log) -> int:
     return iteration
 
 
-def train(argv: Optional[List[str]] = None) -> dict:
-    """Run the trainer; returns the final summary (also logged)."""
+class NonFiniteError(RuntimeError):
+    """A loss or gradient norm that is NaN or infinite: training stops before the optimizer step."""
+
+
+class _Log:
+    """Records as JSON lines on rank 0: stdout, ``<save>/train_log.jsonl`` and TensorBoard scalars."""
+
+    def __init__(self, args, rank: int):
+        self.rank = rank
+        self.path = Path(args.save) / "train_log.jsonl" if args.save and rank == 0 else None
+        self.writer = None
+        if args.tensorboard_dir and rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError(f"--tensorboard-dir needs the tensorboard package ({e}); pip install tensorboard") from None
+            self.writer = SummaryWriter(args.tensorboard_dir)
+
+    def __call__(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        line = json.dumps(record)
+        print(line, flush=True)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+    def scalar(self, tag: str, value: float, iteration: int) -> None:
+        if self.writer:
+            self.writer.add_scalar(tag, value, iteration)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+@dataclass
+class _Run:
+    """Everything one run holds between iterations (built by :func:`_setup`)."""
+
+    args: argparse.Namespace
+    device: str
+    model: object
+    config: object
+    optimizer: object
+    train_ds: object
+    valid_ds: object
+    dp: int
+    dp_rank: int
+    n_micro: int
+    start: int
+    log: _Log
+    monitor: object
+    summary: dict
+
+
+def _setup(args) -> _Run:
+    """Process groups, model, optimizer (resumed from ``--load``), datasets and logging."""
     import torch
     import torch.distributed as dist
+    from megatron.core import parallel_state
 
     from megatron_gatednorm.analysis.peak_monitor import PeakActivationMonitor
-    from megatron_gatednorm.norm_flags import norm_config_from_args
-    from megatron_gatednorm.distributed import finalize_grads, init_distributed
-    from megatron_gatednorm.model import build_gpt_model, transformer_config
     from megatron_gatednorm.checkpoint import arch_from_args
+    from megatron_gatednorm.distributed import init_distributed
+    from megatron_gatednorm.model import build_gpt_model, transformer_config
+    from megatron_gatednorm.norm_flags import norm_config_from_args
     from megatron_gatednorm.parity import padded_vocab
 
-    args = build_parser().parse_args(argv)
     ignored = [n for n in _IGNORED if getattr(args, n) is not None]
     nc = norm_config_from_args(args)
     # The device: $MGN_DEVICE (a recipe's launch.device), else cuda where available; a broken CUDA
     # under MGN_DEVICE=cuda stops here instead of training on the CPU.
     device = init_distributed(args.tensor_model_parallel_size, 1, args.expert_model_parallel_size, seed=args.seed)
-    from megatron.core import parallel_state
-
-    rank = dist.get_rank()
     dp = parallel_state.get_data_parallel_world_size()
-    dp_rank = parallel_state.get_data_parallel_rank()
     if args.global_batch_size % (args.micro_batch_size * dp):
         raise ValueError(f"invalid --global-batch-size={args.global_batch_size}: not divisible by "
                          f"micro-batch-size x data-parallel size = {args.micro_batch_size * dp}")
-    n_micro = args.global_batch_size // (args.micro_batch_size * dp)
-    log_path = Path(args.save) / "train_log.jsonl" if args.save and rank == 0 else None
-    writer = None
-    if args.tensorboard_dir and rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ValueError(f"--tensorboard-dir needs the tensorboard package ({e}); pip install tensorboard") from None
-
-        writer = SummaryWriter(args.tensorboard_dir)
-
-    def log(record):
-        if rank != 0:
-            return
-        line = json.dumps(record)
-        print(line, flush=True)
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as f:
-                f.write(line + "\n")
-
+    log = _Log(args, dist.get_rank())
     if ignored:
         log(dict(event="ignored_flags", flags=ignored))
     tokenizer = _Tokenizer(args)
@@ -334,95 +372,134 @@ def train(argv: Optional[List[str]] = None) -> dict:
         args, tokenizer, args.train_iters * args.global_batch_size,
         evals * args.eval_iters * args.micro_batch_size * dp,
     )
-    monitor = PeakActivationMonitor(model)
+    return _Run(
+        args=args, device=device, model=model, config=config, optimizer=optimizer, train_ds=train_ds,
+        valid_ds=valid_ds, dp=dp, dp_rank=parallel_state.get_data_parallel_rank(),
+        n_micro=args.global_batch_size // (args.micro_batch_size * dp), start=start, log=log,
+        monitor=PeakActivationMonitor(model),
+        summary=dict(variant=nc.variant, params=sum(p.numel() for p in model.parameters())),
+    )
+
+
+def _micro_loss(run: _Run, ds, first_sample: int):
+    """Mean loss over the loss mask of ``micro_batch_size`` samples from ``first_sample`` on."""
+    import torch
+
+    args, device = run.args, run.device
+    samples = [ds[first_sample + i] for i in range(args.micro_batch_size)]
+    tokens, labels, mask = (torch.stack([torch.as_tensor(s[k]) for s in samples]).to(device)
+                            for k in ("tokens", "labels", "loss_mask"))
+    positions = torch.arange(args.seq_length, device=device).unsqueeze(0).expand_as(tokens)
+    losses = run.model(tokens, positions, None, labels=labels)
+    return (losses.float() * mask).sum() / mask.sum()
+
+
+def _evaluate(run: _Run, iteration: int) -> None:
+    """Held-out loss over ``--eval-iters`` micro-batches per data-parallel rank."""
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    args = run.args
+    if run.valid_ds is None or args.eval_iters == 0:
+        return
+    run.model.eval()
+    total = torch.zeros(1, device=run.device)
+    with torch.no_grad():
+        for i in range(args.eval_iters):
+            total += _micro_loss(run, run.valid_ds, (i * run.dp + run.dp_rank) * args.micro_batch_size)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    run.model.train()
+    value = float(total) / (args.eval_iters * run.dp)
+    run.log(dict(event="eval", iteration=iteration, heldout_loss=value))
+    run.summary["heldout_loss"] = value
+    run.log.scalar("heldout/loss", value, iteration)
+
+
+def _train_step(run: _Run, iteration: int) -> dict:
+    """One optimizer step (iteration ``iteration`` → ``iteration + 1``); returns its log record.
+    Raises :class:`NonFiniteError` before the step if the loss or gradient norm is not finite."""
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megatron_gatednorm.distributed import finalize_grads
+
+    args, optimizer = run.args, run.optimizer
+    lr = _lr_at(args, iteration)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    track = args.outlier_log_interval and (iteration + 1) % args.outlier_log_interval == 0
+    total = torch.zeros(1, device=run.device)
+    for m in range(run.n_micro):
+        if track and m == run.n_micro - 1:
+            run.monitor.arm()
+        first = iteration * args.global_batch_size + (run.dp_rank * run.n_micro + m) * args.micro_batch_size
+        loss = _micro_loss(run, run.train_ds, first)
+        (loss / run.n_micro).backward()
+        total += loss.detach().float()
+    finalize_grads(run.model, run.config)
+    grad_norm = _clip_grad_norm(run.model, args.clip_grad, run.device)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    loss_value = float(total) / (run.n_micro * run.dp)
+    # the same values on every rank (DP-reduced loss, model-parallel-reduced norm): all stop together
+    if args.check_for_nan_in_loss_and_grad and not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        raise NonFiniteError(
+            f"non-finite values at iteration {iteration + 1}: loss {loss_value}, grad norm {grad_norm}; "
+            "stopped before the optimizer step, no checkpoint written for it (lower --lr or raise --lr-warmup-iters, "
+            "then resume from the last checkpoint)")
+    optimizer.step()
+    record = dict(event="train", iteration=iteration + 1, loss=loss_value, lr=lr, grad_norm=grad_norm)
+    if track:
+        peaks = run.monitor.collect()
+        record["peak_activation"] = max(peaks.values())
+        record["peak_activation_per_layer"] = peaks
+        for name, value in peaks.items():
+            run.log.scalar(f"outliers/peak_abs_{name}", value, iteration + 1)
+    run.log.scalar("train/loss", loss_value, iteration + 1)
+    run.log.scalar("train/grad_norm", grad_norm, iteration + 1)
+    return record
+
+
+def _due(interval: Optional[int], iteration: int) -> bool:
+    return bool(interval) and iteration % interval == 0
+
+
+def train(argv: Optional[List[str]] = None) -> dict:
+    """Run the trainer; returns the final summary (also logged)."""
+    args = build_parser().parse_args(argv)
+    run = _setup(args)
+    log, summary = run.log, run.summary
     flag = _SignalFlag(args.exit_signal_handler)
-    summary = dict(variant=nc.variant, params=sum(p.numel() for p in model.parameters()))
-    log(dict(event="start", iteration=start, layout=_layout(args), dp=dp, micro_batches=n_micro, **summary))
-
-    def batch(ds, first_sample):
-        samples = [ds[first_sample + i] for i in range(args.micro_batch_size)]
-        tokens = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device)
-        labels = torch.stack([torch.as_tensor(s["labels"]) for s in samples]).to(device)
-        mask = torch.stack([torch.as_tensor(s["loss_mask"]) for s in samples]).to(device)
-        positions = torch.arange(args.seq_length, device=device).unsqueeze(0).expand_as(tokens)
-        return tokens, positions, labels, mask
-
-    def micro_loss(ds, sample):
-        tokens, positions, labels, mask = batch(ds, sample)
-        losses = model(tokens, positions, None, labels=labels)
-        return (losses.float() * mask).sum() / mask.sum()
-
-    def evaluate(iteration):
-        if valid_ds is None or args.eval_iters == 0:
-            return
-        model.eval()
-        total = torch.zeros(1, device=device)
-        with torch.no_grad():
-            for i in range(args.eval_iters):
-                first = (i * dp + dp_rank) * args.micro_batch_size
-                total += micro_loss(valid_ds, first)
-        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
-        model.train()
-        value = float(total) / (args.eval_iters * dp)
-        log(dict(event="eval", iteration=iteration, heldout_loss=value))
-        summary["heldout_loss"] = value
-        if writer:
-            writer.add_scalar("heldout/loss", value, iteration)
-
-    model.train()
-    iteration = start
-    loss_value = None
-    t0 = time.time()
+    log(dict(event="start", iteration=run.start, layout=_layout(args), dp=run.dp, micro_batches=run.n_micro, **summary))
+    run.model.train()
+    iteration, loss_value, t0 = run.start, None, time.time()
     while iteration < args.train_iters:
-        lr = _lr_at(args, iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        track = args.outlier_log_interval and (iteration + 1) % args.outlier_log_interval == 0
-        total = torch.zeros(1, device=device)
-        for m in range(n_micro):
-            if track and m == n_micro - 1:
-                monitor.arm()
-            first = iteration * args.global_batch_size + (dp_rank * n_micro + m) * args.micro_batch_size
-            loss = micro_loss(train_ds, first)
-            (loss / n_micro).backward()
-            total += loss.detach().float()
-        finalize_grads(model, config)
-        grad_norm = _clip_grad_norm(model, args.clip_grad, device)
-        optimizer.step()
-        iteration += 1
-        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
-        loss_value = float(total) / (n_micro * dp)
-        record = dict(event="train", iteration=iteration, loss=loss_value, lr=lr, grad_norm=grad_norm)
-        if track:
-            peaks = monitor.collect()
-            record["peak_activation"] = max(peaks.values())
-            record["peak_activation_per_layer"] = peaks
-            if writer:
-                for name, value in peaks.items():
-                    writer.add_scalar(f"outliers/peak_abs_{name}", value, iteration)
-        if iteration % args.log_interval == 0 or track:
+        try:
+            record = _train_step(run, iteration)
+        except NonFiniteError as e:
+            log(dict(event="non_finite", iteration=iteration + 1, message=str(e)))
+            raise
+        iteration, loss_value = record["iteration"], record["loss"]
+        if _due(args.log_interval, iteration) or "peak_activation" in record:
             log(record)
-        if writer:
-            writer.add_scalar("train/loss", loss_value, iteration)
-            writer.add_scalar("train/grad_norm", grad_norm, iteration)
-        if args.eval_interval and iteration % args.eval_interval == 0:
-            evaluate(iteration)
-        stop = flag.any_rank(device) if args.exit_signal_handler else False
-        if args.save and ((args.save_interval and iteration % args.save_interval == 0) or stop):
-            _save(args, iteration, model, optimizer, log)
+        if _due(args.eval_interval, iteration):
+            _evaluate(run, iteration)
+        stop = flag.any_rank(run.device) if args.exit_signal_handler else False
+        if args.save and (_due(args.save_interval, iteration) or stop):
+            _save(args, iteration, run.model, run.optimizer, log)
         if stop:
             log(dict(event="exit_on_signal", iteration=iteration))
             summary.update(exited_on_signal=True, iteration=iteration)
             return summary
-    if not (args.eval_interval and iteration % args.eval_interval == 0):
-        evaluate(iteration)
-    if args.save and not (args.save_interval and iteration % args.save_interval == 0) and iteration > start:
-        _save(args, iteration, model, optimizer, log)
+    if not _due(args.eval_interval, iteration):
+        _evaluate(run, iteration)
+    if args.save and not _due(args.save_interval, iteration) and iteration > run.start:
+        _save(args, iteration, run.model, run.optimizer, log)
     summary.update(iteration=iteration, final_loss=loss_value, seconds=time.time() - t0)
     log(dict(event="done", **summary))
-    if writer:
-        writer.close()
+    log.close()
     return summary
 
 
@@ -432,6 +509,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         print(f"small-train: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"small-train: error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from mcore019_setup import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
+from helpers.mcore019 import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
 from workers._common import perturb  # noqa: E402
 
 TOKENS, VOCAB = 16, 256

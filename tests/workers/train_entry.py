@@ -8,7 +8,7 @@ import io
 import json
 import sys
 
-from mcore019_setup import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
+from helpers.mcore019 import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
 
 from megatron_gatednorm.commands.launch import build  # noqa: E402
 from megatron_gatednorm.launch.argv import megatron_argv  # noqa: E402

@@ -9,7 +9,7 @@ import sys
 import typing
 
 import typing_extensions
-from conftest import free_port
+from helpers.processes import free_port
 
 if not hasattr(typing, "override"):  # megatron.training 0.19 imports typing.override (Python 3.12+)
     typing.override = typing_extensions.override
