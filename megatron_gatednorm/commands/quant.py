@@ -1,13 +1,16 @@
-"""``mgn quant``: held-out perplexity of a checkpoint in BF16/FP32 and under fake W4A4/W8A8."""
+"""``mgn quant``: held-out perplexity of a checkpoint in BF16/FP32 and under fake W4A4/W8A8.
+
+The flags and the printed table; :func:`megatron_gatednorm.quant.evaluate.evaluate_checkpoint`
+does the work."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from megatron_gatednorm.quant.evaluate import DEFAULT_SETTINGS
+
 HELP = "Low-bit robustness: perplexity under NVFP4 W4A4 / INT4 / INT8 fake quantization, ± SmoothQuant."
-DEFAULT_SETTINGS = "nvfp4,nvfp4+sq,int4,int4+sq,int8"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,53 +28,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
-def _check_settings(settings) -> None:
-    for setting in settings:
-        if setting.partition("+")[2] not in ("", "sq"):
-            raise ValueError(f"invalid setting {setting!r}: valid forms are SCHEME or SCHEME+sq")
-
-
-def evaluate_settings(model, settings, windows, calib, alpha=0.5, quantize_gates=False, batch_size=4) -> dict:
-    """Perplexity of ``model`` (unquantized) and of a quantized copy per setting. SmoothQuant's
-    factors depend only on the unquantized model: calibrated once for all ``+sq`` settings."""
-    import copy
-
-    from megatron_gatednorm.analysis.hf_eval import perplexity
-    from megatron_gatednorm.quant.fake_quant import block_linears, calibrate, quantize_model, smoothing_factors
-
-    _check_settings(settings)
-    smooth = None
-    if any(s.endswith("+sq") for s in settings):
-        linears = block_linears(model)
-        act_max, groups = calibrate(model, calib.split(batch_size), linears)
-        smooth = smoothing_factors(act_max, groups, linears, alpha)
-    results = {"baseline": perplexity(model, windows, batch_size)}
-    for setting in settings:
-        scheme, _, extra = setting.partition("+")
-        quantized = quantize_model(copy.deepcopy(model), scheme, smooth if extra else None, quantize_gates)
-        results[setting] = perplexity(quantized, windows, batch_size)
-    return results
-
-
-def run(args) -> int:
-    from megatron_gatednorm.analysis.hf_eval import hf_folder, load_hf_model
-    from megatron_gatednorm.data.windows import token_windows
-
-    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    _check_settings(settings)  # before the conversion and the data reads
-    windows = token_windows(args.data, args.seq_length, args.num_sequences + args.calib_sequences)
-    evaluation, calib = windows[: args.num_sequences], windows[args.num_sequences :]
-    with hf_folder(args.checkpoint) as folder:
-        model = load_hf_model(folder)
-        ppl = evaluate_settings(model, settings, evaluation, calib, args.alpha, args.quantize_gates, args.batch_size)
+def print_result(result: dict) -> None:
+    """The table ``mgn quant`` prints for an :func:`~megatron_gatednorm.quant.evaluate.evaluate_checkpoint` result."""
+    ppl = result["perplexity"]
     base = ppl["baseline"]
     print(f"{'setting':<12}{'perplexity':>12}{'delta':>10}")
     for name, value in ppl.items():
         print(f"{name:<12}{value:>12.3f}{value - base:>+10.3f}")
-    result = dict(checkpoint=str(args.checkpoint), perplexity=ppl, delta={k: v - base for k, v in ppl.items()},
-                  seq_length=args.seq_length, num_sequences=args.num_sequences, alpha=args.alpha,
-                  quantize_gates=args.quantize_gates)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+
+
+def run(args) -> int:
+    from megatron_gatednorm.quant.evaluate import evaluate_checkpoint
+
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    print_result(evaluate_checkpoint(
+        args.checkpoint, args.data, settings, seq_length=args.seq_length, num_sequences=args.num_sequences,
+        calib_sequences=args.calib_sequences, alpha=args.alpha, quantize_gates=args.quantize_gates,
+        batch_size=args.batch_size, json_path=args.json,
+    ))
     return 0
