@@ -22,6 +22,10 @@ What it patches (megatron-core 0.16.1 and 0.19.x):
   torch reference ``torch_chunk_gated_delta_rule`` (what ``deterministic_mode`` runs) and
   ``x / sqrt(sum(x²) + 1e-6)`` (fla's l2norm); the depthwise conv already falls back to torch.
 
+:func:`apply_pretrain_cpu_shim` adds what ``megatron.training.pretrain`` (0.19) needs (``mgn train``
+on CPU): ``initialize_megatron(allow_no_cuda=True)``, one visible "device" while Megatron sets up
+its model-parallel groups and RNG tracker, CUDA type names for the optimizer's dtype dispatch.
+
 :func:`cuda_calls_on_cpu` is the narrow, temporary form for tools that only save a checkpoint
 (``mgn convert to-megatron``): ``torch.cuda.synchronize``/``current_device`` redirected for the
 duration of a ``with`` block, then restored.
@@ -37,6 +41,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 _MARKER = "_megatron_gatednorm_cpu_shim"
+_PRETRAIN_MARKER = "_megatron_gatednorm_pretrain_cpu_shim"
 ENV = "MGN_CPU_SHIM"
 
 
@@ -200,4 +205,83 @@ def apply_cpu_shim() -> bool:
 
     _patch_megatron()
     setattr(torch, _MARKER, True)
+    return True
+
+
+@contextlib.contextmanager
+def _one_visible_device() -> Iterator[None]:
+    """``torch.cuda.device_count()`` reads 1 and ``set_device`` does nothing inside the block."""
+    cuda = torch.cuda
+    original = cuda.device_count, cuda.set_device
+    cuda.device_count, cuda.set_device = (lambda: 1), (lambda device: None)
+    try:
+        yield
+    finally:
+        cuda.device_count, cuda.set_device = original
+
+
+@contextlib.contextmanager
+def _cuda_type_names() -> Iterator[None]:
+    """``Tensor.type()`` (no argument: the type's name) reads ``torch.cuda.<T>Tensor`` for a CPU
+    tensor inside the block; ``Tensor.type(dtype)`` conversions are untouched."""
+    original = torch.Tensor.type
+
+    def type_(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None and not kwargs:
+            name = original(self)  # (re-enters here once through the torch-function mode)
+            return name if self.is_cuda or name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
+        return original(self, dtype, non_blocking, **kwargs)
+
+    torch.Tensor.type = type_
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original
+
+
+def _with(context, fn):
+    def wrapper(*args, **kwargs):
+        with context():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def apply_pretrain_cpu_shim() -> bool:
+    """:func:`apply_cpu_shim` plus what ``megatron.training.pretrain`` (0.19) needs on a CPU
+    process; only process-setup and bookkeeping calls, never the training math."""
+    if not apply_cpu_shim():
+        return False
+    if getattr(torch, _PRETRAIN_MARKER, False):
+        return True
+    from megatron.training import arguments, initialize, training
+
+    # arguments.py:validate_args reads the CUDA architecture (get_device_properties) when TP/CP > 1,
+    # only to choose CUDA stream settings: no CUDA is architecture 0, and then it asserts
+    # CUDA_DEVICE_MAX_CONNECTIONS=1 (as before Blackwell), meaningless without CUDA
+    arguments.get_device_arch_version = lambda: 0
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    # training.py:pretrain calls initialize_megatron(), which asserts torch.cuda.is_available()
+    # unless allow_no_cuda (Megatron's own switch for processes without CUDA)
+    original_initialize = initialize.initialize_megatron
+
+    def initialize_megatron(*args, **kwargs):
+        return original_initialize(*args, allow_no_cuda=True, **kwargs)
+
+    training.initialize_megatron = initialize_megatron
+    # initialize.py:_initialize_distributed and _set_random_seed skip
+    # mpu.initialize_model_parallel and model_parallel_cuda_manual_seed when device_count() == 0
+    initialize._initialize_distributed = _with(_one_visible_device, initialize._initialize_distributed)
+    initialize._set_random_seed = _with(_one_visible_device, initialize._set_random_seed)
+
+    # The optimizer picks its fp16/bf16 vs fp32 path by CUDA type names (param.type() in
+    # ['torch.cuda.BFloat16Tensor', ...]): optimizer.py:Float16OptimizerWithFloat16Params.__init__,
+    # distrib_optimizer.py:DistributedOptimizer.__init__ (+ _build_model_and_main_param_groups),
+    # clip_grads.py:clip_grad_by_total_norm_fp32 (assert grad.type() == 'torch.cuda.FloatTensor')
+    from megatron.core.optimizer import distrib_optimizer, optimizer
+
+    for cls in (optimizer.Float16OptimizerWithFloat16Params, distrib_optimizer.DistributedOptimizer):
+        cls.__init__ = _with(_cuda_type_names, cls.__init__)
+    optimizer.clip_grad_by_total_norm_fp32 = _with(_cuda_type_names, optimizer.clip_grad_by_total_norm_fp32)
+    setattr(torch, _PRETRAIN_MARKER, True)
     return True

@@ -7,13 +7,15 @@ Wraps ``megatron.training.pretrain`` with
 * :func:`model_provider`, which builds a ``GPTModel`` from Megatron's parsed arguments with the
   plugin's block spec (:func:`megatron_gatednorm.specs.get_gatednorm_block_spec`).
 
-The GPT ``forward_step`` and dataset provider are Megatron-LM's own, imported from
-``pretrain_gpt`` — a Megatron-LM checkout of the matching ``core_v*`` tag must be on
-``PYTHONPATH`` (the recipes' ``launch.megatron_lm_path``). ``megatron.training`` itself ships in
-megatron-core wheels from 0.17 on; with 0.16 it also comes from that checkout.
+The GPT ``forward_step`` and dataset provider are the plugin's own
+(:mod:`megatron_gatednorm.training.gpt_step`, on megatron-core's dataset and broadcast APIs).
+``megatron.training`` itself ships in megatron-core wheels from 0.17 on; with 0.16 it comes from
+a Megatron-LM checkout on ``PYTHONPATH``.
 
 It runs on CUDA unless ``MGN_DEVICE=cpu`` (an ``mgn launch`` job exports its recipe's
 ``launch.device``): a node whose CUDA is broken stops before Megatron initialises, naming why.
+A CPU process gets :func:`megatron_gatednorm.cpu_shim.apply_pretrain_cpu_shim` (gloo, no CUDA
+bookkeeping) before ``pretrain`` starts.
 
 ``pretrain()`` changed shape twice; :func:`main` picks the call by its signature:
 
@@ -30,6 +32,7 @@ import os
 import sys
 from typing import List, Optional
 
+from megatron_gatednorm.device import backend
 from megatron_gatednorm.launch.ranks import torch_env_from_slurm
 from megatron_gatednorm.training.flags import add_train_args
 
@@ -88,46 +91,55 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
     return GPTModel(**kwargs)
 
 
-def _upstream_gpt():
-    """Megatron-LM's ``pretrain_gpt`` module (forward_step, datasets provider)."""
-    try:
-        import pretrain_gpt
-    except ImportError as e:
-        raise ImportError(
-            "megatron_gatednorm.training.pretrain needs Megatron-LM's pretrain_gpt.py (forward_step, datasets): put a "
-            "Megatron-LM checkout of the core_v* tag matching megatron-core on PYTHONPATH "
-            f"(recipe key launch.megatron_lm_path); import failed: {e}"
-        ) from e
-    return pretrain_gpt
-
-
 def pretrain_call_style(pretrain) -> str:
     """``"legacy"`` (≤ 0.17, args parsed inside pretrain) or ``"container"`` (≥ 0.18)."""
     params = inspect.signature(pretrain).parameters
     return "container" if "cfg_container" in params else "legacy"
 
 
-def _check_device() -> None:
+def _check_device() -> str:
     """Megatron-LM training runs on CUDA: unless ``MGN_DEVICE=cpu`` asks for the CPU, a node
     whose CUDA is broken (or shows fewer GPUs than local ranks) stops here with the reason,
-    before Megatron initialises NCCL."""
+    before Megatron initialises NCCL. Returns the device."""
     from megatron_gatednorm.device import check_device, requested_device
 
     device, setting = requested_device(default="cuda")
     check_device(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), setting)
+    return device
+
+
+def _use_prebuilt_dataset_helpers() -> None:
+    """megatron-core wheels ship the dataset index helpers compiled (``helpers_cpp``) but not their
+    Makefile, and ``initialize._compile_dependencies`` runs ``make`` there on rank 0 and exits when
+    it fails: where the compiled module imports, there is nothing to build."""
+    try:
+        from megatron.core.datasets import helpers_cpp  # noqa: F401
+    except ImportError:
+        return
+    from megatron.core.datasets import utils
+
+    utils.compile_helpers = lambda: None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     torch_env_from_slurm()
-    _check_device()
+    device = _check_device()
+    if "--distributed-backend" not in sys.argv:  # the collectives follow the device: gloo for CPU tensors
+        sys.argv += ["--distributed-backend", backend(device)]
+    if device == "cpu":
+        from megatron_gatednorm.cpu_shim import apply_pretrain_cpu_shim
+
+        apply_pretrain_cpu_shim()
     from megatron.core.enums import ModelType
     from megatron.training import pretrain
 
-    gpt = _upstream_gpt()
+    from megatron_gatednorm.training import gpt_step as gpt
+
+    _use_prebuilt_dataset_helpers()
+
     datasets_provider = gpt.train_valid_test_datasets_provider
-    datasets_provider.is_distributed = True
     if pretrain_call_style(pretrain) == "legacy":
         pretrain(
             train_valid_test_dataset_provider=datasets_provider,
@@ -143,11 +155,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = parse_and_validate_args(extra_args_provider=add_train_args, args_defaults=ARGS_DEFAULTS)
     cfg = pretrain_cfg_container_from_args(args, None)  # no model config: model_provider builds
-    kwargs = {}
-    if "get_embedding_ranks" in inspect.signature(pretrain).parameters and hasattr(gpt, "get_embedding_ranks"):
-        kwargs["get_embedding_ranks"] = gpt.get_embedding_ranks
     pretrain(cfg, train_valid_test_dataset_provider=datasets_provider, model_type=ModelType.encoder_or_decoder,
-             forward_step_func=gpt.forward_step, model_provider=model_provider, **kwargs)
+             forward_step_func=gpt.forward_step, model_provider=model_provider)
     return 0
 
 
