@@ -87,7 +87,7 @@ def test_mgn_train_needs_cuda_unless_mgn_device_says_cpu(broken_cuda, monkeypatc
 
 
 def test_sbatch_exports_the_recipe_device():
-    from megatron_gatednorm.commands.launch import build
+    from megatron_gatednorm.launch.plan import build
 
     gpu = build("dense2b", ["data_path=/d", "launch.run_dir=/runs/x"], 1)[1].splitlines()
     cpu = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=2", "launch.run_dir=/runs/x"], 1)[1].splitlines()

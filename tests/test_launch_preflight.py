@@ -73,7 +73,7 @@ def test_two_rank_shards_sum_to_the_launcher_count(layout, shards):
            "launch.gpus_per_node=2", *layout]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    from megatron_gatednorm.commands.launch import build
+    from megatron_gatednorm.launch.plan import build
 
     expected = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=2", *layout], 1)[0].derived["params_total"]
     assert f"mgn preflight: OK tiny: world 2 {shards}, parameters {expected:,} = launcher count" in out.stdout

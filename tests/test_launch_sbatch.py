@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_gatednorm.commands.launch import build
+from megatron_gatednorm.launch.plan import build
 from megatron_gatednorm.launch.sbatch import submit
 
 ROOT = Path(__file__).resolve().parents[1]

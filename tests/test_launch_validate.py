@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_gatednorm.commands.launch import build
+from megatron_gatednorm.launch.plan import build
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.paper import PAPER_MODELS
 from megatron_gatednorm.parity import parity_ffn

@@ -44,7 +44,7 @@ def slurm():
 
 
 def _submit(tmp_path, *overrides):
-    from megatron_gatednorm.commands.launch import build
+    from megatron_gatednorm.launch.plan import build
     from megatron_gatednorm.launch.sbatch import submit
 
     base = [

@@ -35,7 +35,7 @@ FUSED_CHECK_MODES = ("auto", "on", "off")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from megatron_gatednorm.commands.launch import add_recipe_dir_argument
+    from megatron_gatednorm.commands._common import add_recipe_dir_argument
 
     p.add_argument("--recipe-json", help="resolved recipe written by the sbatch script ($RUN_DIR/recipe.json)")
     p.add_argument("--recipe", help="recipe name (instead of --recipe-json; see --recipe-dir)")

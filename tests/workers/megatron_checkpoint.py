@@ -31,7 +31,7 @@ def main():
     from megatron.training.global_vars import set_args
 
     from megatron_gatednorm.training import pretrain as train
-    from megatron_gatednorm.commands.launch import build
+    from megatron_gatednorm.launch.plan import build
     from megatron_gatednorm.launch.argv import megatron_argv
 
     tp = int(os.environ.get("WORLD_SIZE", "1"))

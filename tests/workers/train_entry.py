@@ -10,7 +10,7 @@ import sys
 
 from helpers.mcore019 import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
 
-from megatron_gatednorm.commands.launch import build  # noqa: E402
+from megatron_gatednorm.launch.plan import build  # noqa: E402
 from megatron_gatednorm.launch.argv import megatron_argv  # noqa: E402
 
 CASES = json.loads(sys.argv[1])
