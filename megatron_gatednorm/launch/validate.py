@@ -3,24 +3,19 @@
 :func:`make_plan` turns a :class:`~.recipes.Recipe` (layout already merged) into a
 :class:`Plan`: the final Megatron flag values (parallel sizes, ``train_iters`` from the token
 budget, the parity FFN width), the plugin's :class:`NormConfig`, the model's
-:class:`ModelShape`, parameter counts and a per-GPU memory estimate.
+:class:`ModelShape`, parameter counts and a per-GPU memory estimate. In order:
+
+1. launcher settings (:func:`check_launch`) and the model the flags describe
+   (:func:`check_model`: sequence, recompute modules, shape, vocabulary);
+2. the parallel layout (:func:`check_layout`: TP/PP/CP/EP against heads, layers, experts, nodes);
+3. parameter parity (:func:`apply_parity`: the variant's FFN width for the baseline's count);
+4. batch and token budget (:func:`check_batch`, :func:`train_iters_for_budget`) and the
+   parameter counts;
+5. memory per GPU (:mod:`.memory` has the model; :func:`check_memory` the check and what would fit);
+6. runtime and chained jobs (:func:`plan_runtime`), run directory and the flags that follow from
+   it (:func:`plan_run_dir`), warnings (:func:`plan_warnings`).
 
 Every problem raises ``ValueError("<field>=<value> <problem>; valid: <what would fit>")``.
-
-The memory estimate (GiB per GPU, the most loaded pipeline stage) is a planning number, not a
-measurement:
-
-* weights 2 B/param (bf16), gradients 4 B/param (Megatron accumulates bf16 grads in fp32),
-  Adam 12 B/param (fp32 main params + 2 moments) divided by the data-parallel size with
-  ``use_distributed_optimizer``; expert parameters are divided by the expert-parallel sizes;
-* activations per layer and micro-batch, bf16, tensor/sequence-parallel split (flash
-  attention, so no s² term): LN in/out ``2h``, Q/K/V, attention context and output gate,
-  MLP ``fc1`` out (``2f`` SwiGLU) and activation out ``f`` (MoE: top-k routed copies), the
-  gate scores of gated norms; ``recompute_granularity=full`` keeps only each layer's input
-  (``2h``) plus one layer's full activations; 1F1B keeps ``min(pp, micro-batches)`` in flight;
-* logits ``6·s·b·V/tp`` bytes on the last stage (bf16 + fp32 copy for the loss);
-* ``(sum) × 1.1 + 3 GiB`` for allocator fragmentation, CUDA context and communication buffers
-  (a chosen margin; ``launch.activation_memory_factor`` scales the activation term).
 """
 
 from __future__ import annotations
@@ -34,11 +29,10 @@ from typing import Any, Dict, List, Optional
 from megatron_gatednorm.norm_flags import check_recompute_modules, dest, norm_config_from_values
 from megatron_gatednorm.norm_config import NormConfig, NormConfigError
 from megatron_gatednorm.device import parse_device
+from megatron_gatednorm.launch.memory import memory_estimate
 from megatron_gatednorm.launch.recipes import Recipe
 from megatron_gatednorm.model_shape import ModelShape, flag_value, missing_required, shape_from_flags
 from megatron_gatednorm.parity import count_params, padded_vocab, parity_ffn
-
-GiB = 1024 ** 3
 
 
 def _fmt(values) -> str:
@@ -87,74 +81,6 @@ class Plan:
     shape: ModelShape
     derived: Dict[str, Any] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
-
-
-def _routed_expert_params(s: ModelShape) -> int:
-    if not s.num_experts:
-        return 0
-    f = s.moe_ffn_hidden_size or s.ffn_hidden_size
-    per_expert = s.hidden_size * f * (3 if s.swiglu else 2)
-    return sum(s.moe_pattern()) * s.num_experts * per_expert
-
-
-def memory_estimate(plan_m: Dict[str, Any], shape: ModelShape, nc: NormConfig, world: int,
-                    num_microbatches: int, factor: float = 1.0) -> Dict[str, float]:
-    """Per-GPU memory in GiB (see module doc for the model)."""
-    tp = plan_m.get("tensor_model_parallel_size", 1)
-    pp = plan_m.get("pipeline_model_parallel_size", 1)
-    cp = plan_m.get("context_parallel_size", 1)
-    ep = plan_m.get("expert_model_parallel_size", 1)
-    etp = plan_m.get("expert_tensor_parallel_size") or tp
-    dp = world // (tp * pp * cp)
-    edp = max(1, world // (ep * etp * pp))
-    total = count_params(shape, nc)["total"]
-    expert = _routed_expert_params(shape)
-    embed = shape.vocab_size * shape.hidden_size
-    dense_layers = total - expert - embed * (2 if shape.untie_embeddings_and_output_weights else 1)
-    # The most loaded stage: its share of the layers plus the (input or output) embedding.
-    p_dense = dense_layers / (tp * pp) + embed / tp
-    p_expert = expert / (ep * etp * pp)
-    weight_bytes = 2 if plan_m.get("bf16") or plan_m.get("fp16") else 4
-    weights = weight_bytes * (p_dense + p_expert)
-    grads = 4 * (p_dense + p_expert)
-    if plan_m.get("use_distributed_optimizer"):
-        optimizer = 12 * (p_dense / dp + p_expert / edp)
-    else:
-        optimizer = 12 * (p_dense + p_expert)
-
-    h = shape.hidden_size
-    sb = plan_m["seq_length"] // cp * plan_m["micro_batch_size"]
-    q = shape.num_attention_heads * shape.head_dim
-    kv = shape.query_groups * shape.head_dim
-    gate = q if shape.attention_output_gate else 0
-    attn = 2 * h + q + 2 * kv + q + gate + q
-    lin_qk = shape.linear_key_head_dim * shape.linear_num_key_heads
-    lin_v = shape.linear_value_head_dim * shape.linear_num_value_heads
-    linear_attn = 2 * h + 2 * lin_qk + 3 * lin_v
-    fmul = 3 if shape.swiglu else 2
-    dense_mlp = 2 * h + fmul * shape.ffn_hidden_size
-    moe_f = shape.moe_ffn_hidden_size or shape.ffn_hidden_size
-    moe_mlp = 2 * h + shape.moe_router_topk * (h + fmul * moe_f) + fmul * (shape.moe_shared_expert_intermediate_size or 0)
-    gated_slots = len([p for p in ("attn", "mlp") if p in nc.placement]) if nc.gated else 0
-    norm_extra = gated_slots * (h + nc.rank)
-    per_layer = []
-    for linear, moe in zip(shape.linear_attention_pattern(), shape.moe_pattern()):
-        units = (linear_attn if linear else attn) + (moe_mlp if moe else dense_mlp) + norm_extra
-        per_layer.append(2 * sb * units / tp)
-    layers_per_stage = shape.num_layers / pp
-    mean_layer = sum(per_layer) / len(per_layer)
-    granularity = plan_m.get("recompute_granularity")
-    if granularity == "full":
-        stage_act = layers_per_stage * 2 * sb * h / tp + max(per_layer)
-    else:
-        stage_act = layers_per_stage * mean_layer
-    inflight = min(pp, num_microbatches)
-    logits = 6 * sb * shape.vocab_size / tp
-    activations = factor * (stage_act * inflight + logits)
-    parts = dict(weights=weights, grads=grads, optimizer=optimizer, activations=activations)
-    out = {k: v / GiB for k, v in parts.items()}
-    out["total"] = (sum(parts.values()) * 1.1) / GiB + 3.0
-    return out
 
 
 def _tp_choices(heads: int, groups: int, world: int, gpus_per_node: int) -> List[int]:
@@ -282,46 +208,44 @@ def check_memory(plan: Plan, gpu_memory_gb: float) -> None:
         f"valid: {'; '.join(fits) if fits else 'none of recompute/micro-batch/parallelism changes alone; use more nodes'}")
 
 
-def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None) -> Plan:
-    """Validate ``recipe`` (layout merged by ``load_recipe(..., nodes=...)``) and derive numbers."""
-    launch = recipe.launch
+def check_launch(launch: Dict[str, Any]) -> int:
+    """The launcher, device and ranks per node of the ``launch:`` section; returns ``gpus_per_node``."""
     if launch["launcher"] not in ("srun", "torchrun"):
         raise ValueError(f"invalid launch.launcher={launch['launcher']!r}; valid: srun, torchrun")
     parse_device(launch["device"], "launch.device")
     gpn = int(launch["gpus_per_node"])
     if gpn < 1:
         raise ValueError(f"invalid launch.gpus_per_node={gpn}: must be >= 1")
-    m = dict(recipe.megatron)
-    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
-                "expert_model_parallel_size"):
-        m.setdefault(key, 1)
-    nc = norm_config_from_recipe(recipe)
+    return gpn
+
+
+def check_model(m: Dict[str, Any]) -> ModelShape:
+    """Sequence length, recompute modules and the model shape of the Megatron flags ``m`` (the
+    vocabulary is required: it enters the parameter count)."""
     check_sequence(m)
     te_layers = (m.get("transformer_impl") or "transformer_engine") == "transformer_engine"  # Megatron's default
     check_recompute_modules(m.get("recompute_granularity"), m.get("recompute_modules"), te_layers,
                             name="megatron.recompute_modules")
-    tp = int(m["tensor_model_parallel_size"])
-    base_shape = shape_from_megatron(m)
-    if not base_shape.vocab_size:
+    shape = shape_from_megatron(m)
+    if not shape.vocab_size:
         raise ValueError("invalid megatron.vocab_size=None: required for the parameter count (the padded "
                          "tokenizer vocabulary, e.g. 151936)")
-    layout = check_layout(m, base_shape, nodes, gpn)
-    try:
-        nc.check_hidden_size(base_shape.hidden_size)
-    except NormConfigError as e:
-        raise ValueError(f"invalid gatednorm.gatednorm_rank={e.value!r}: {e.reason}") from None
-    derived: Dict[str, Any] = dict(nodes=nodes, gpus_per_node=gpn, **layout)
-    shape = base_shape
-    if launch.get("parameter_parity"):
-        report = parity_ffn(base_shape, nc)
-        shape = base_shape.replace(**{report.field: report.width})
-        m[report.field] = report.width
-        derived["parity"] = dict(field=report.field, baseline_width=report.baseline_width, width=report.width,
-                                 baseline_params=report.baseline_params,
-                                 params_before_parity=report.variant_params_before, params=report.params)
-    num_microbatches = check_batch(m, layout["data_parallel_size"])
-    seq, gbs = int(m["seq_length"]), int(m["global_batch_size"])
-    tokens_per_step = seq * gbs
+    return shape
+
+
+def apply_parity(m: Dict[str, Any], base_shape: ModelShape, nc: NormConfig, derived: Dict[str, Any]) -> ModelShape:
+    """With ``launch.parameter_parity``: the shape whose FFN width gives the variant the baseline's
+    parameter count; sets that width in ``m`` and reports it in ``derived["parity"]``."""
+    report = parity_ffn(base_shape, nc)
+    m[report.field] = report.width
+    derived["parity"] = dict(field=report.field, baseline_width=report.baseline_width, width=report.width,
+                             baseline_params=report.baseline_params,
+                             params_before_parity=report.variant_params_before, params=report.params)
+    return base_shape.replace(**{report.field: report.width})
+
+
+def train_iters_for_budget(m: Dict[str, Any], launch: Dict[str, Any], tokens_per_step: int) -> int:
+    """``megatron.train_iters``, or ``ceil(launch.train_tokens / tokens_per_step)`` (set in ``m``)."""
     if m.get("train_iters") is None:
         tokens = launch.get("train_tokens")
         if tokens is None:
@@ -332,30 +256,27 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
         except (TypeError, ValueError):
             raise ValueError(f"invalid launch.train_tokens={tokens!r}: expected a number of tokens") from None
         m["train_iters"] = int(math.ceil(tokens / tokens_per_step))
-    train_iters = int(m["train_iters"])
-    vocab = padded_vocab(shape.vocab_size, flag_value(m, "make_vocab_size_divisible_by"), tp)
-    counted = shape.replace(vocab_size=vocab)
-    params = count_params(counted, nc)
-    active = count_params(counted, nc, active=True)["total"]
-    derived.update(
-        num_microbatches=num_microbatches,
-        tokens_per_step=tokens_per_step,
-        train_iters=train_iters,
-        train_tokens=train_iters * tokens_per_step,
-        padded_vocab_size=vocab,
-        params_total=params["total"],
-        params_active=active,
-        params_breakdown={k: v for k, v in params.items() if k != "total"},
-    )
-    plan = Plan(recipe=recipe, nodes=nodes, megatron=m, norm_config=nc, shape=counted, derived=derived)
+    return int(m["train_iters"])
+
+
+def plan_memory(plan: Plan, gpu_memory_gb: Optional[float]) -> None:
+    """The memory estimate (:mod:`.memory`) into ``plan.derived``; on CUDA, checked against the GPU."""
+    launch, derived = plan.recipe.launch, plan.derived
     # launch keys always carry recipes.LAUNCH_DEFAULTS (load_recipe merges them): index, don't re-default
     factor = derived["activation_memory_factor"] = float(launch["activation_memory_factor"])
-    derived["memory_gib"] = memory_estimate(m, counted, nc, derived["world_size"], num_microbatches, factor)
+    derived["memory_gib"] = memory_estimate(plan.megatron, plan.shape, plan.norm_config, derived["world_size"],
+                                            derived["num_microbatches"], factor)
     gpu_mem = float(gpu_memory_gb if gpu_memory_gb is not None else launch["gpu_memory_gb"])
     derived["gpu_memory_gb"] = gpu_mem
     if launch["device"] == "cuda":
         check_memory(plan, gpu_mem)
-    flops = 6 * active * derived["train_tokens"]
+
+
+def plan_runtime(plan: Plan) -> None:
+    """Estimated hours (``6 × active params × tokens`` at ``launch.tflops_per_gpu``) and the number
+    of chained jobs (``auto``: hours / ``slurm.time``); the time-limit signal must come before the limit."""
+    recipe, launch, derived = plan.recipe, plan.recipe.launch, plan.derived
+    flops = 6 * derived["params_active"] * derived["train_tokens"]
     hours = flops / (derived["world_size"] * float(launch["tflops_per_gpu"]) * 1e12) / 3600
     limit = parse_slurm_time(recipe.slurm["time"])
     derived["estimated_hours"] = hours
@@ -370,8 +291,14 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
     if int(launch["signal_lead_s"]) >= limit * 3600:
         raise ValueError(f"launch.signal_lead_s={launch['signal_lead_s']} is not shorter than slurm.time="
                          f"{recipe.slurm['time']}; valid: < {int(limit * 3600)}")
+
+
+def plan_run_dir(plan: Plan) -> None:
+    """The absolute run directory, and the flags under it unless the recipe sets them: checkpoints
+    (``--save`` = ``--load``: a requeued job resumes), TensorBoard, the exit-signal handler, W&B."""
+    recipe, launch, m = plan.recipe, plan.recipe.launch, plan.megatron
     run_dir = os.path.abspath(str(launch["run_dir"]).format(name=recipe.name))
-    derived["run_dir"] = run_dir
+    plan.derived["run_dir"] = run_dir
     m.setdefault("save", f"{run_dir}/checkpoints")
     m.setdefault("load", m["save"])  # resume from our own checkpoints after a requeue
     m.setdefault("tensorboard_dir", f"{run_dir}/tensorboard")
@@ -380,12 +307,65 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
         m["wandb_project"] = launch["wandb_project"]
         m["wandb_exp_name"] = launch.get("wandb_exp_name") or recipe.name
         m.setdefault("wandb_save_dir", f"{run_dir}/wandb")
+
+
+def plan_warnings(plan: Plan) -> List[str]:
+    """What the dry run warns about (the job may still be rendered)."""
+    launch, m = plan.recipe.launch, plan.megatron
+    warnings = []
     if "megatron_gatednorm.training.pretrain" in str(launch["entrypoint"]) and not launch.get("megatron_lm_path"):
-        plan.warnings.append("launch.megatron_lm_path is unset: megatron_gatednorm.training.pretrain imports Megatron-LM's "
-                             "pretrain_gpt.py, which must then be importable on the nodes (container or PYTHONPATH)")
+        warnings.append("launch.megatron_lm_path is unset: megatron_gatednorm.training.pretrain imports Megatron-LM's "
+                        "pretrain_gpt.py, which must then be importable on the nodes (container or PYTHONPATH)")
     if not m.get("mock_data") and not m.get("data_path"):
-        plan.warnings.append("megatron.data_path is unset and mock_data is off: set data_path=<prefix> "
-                             "(required by --submit)")
+        warnings.append("megatron.data_path is unset and mock_data is off: set data_path=<prefix> "
+                        "(required by --submit)")
+    return warnings
+
+
+def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None) -> Plan:
+    """Validate ``recipe`` (layout merged by ``load_recipe(..., nodes=...)``) and derive numbers
+    (the steps are listed in the module doc)."""
+    launch = recipe.launch
+    gpn = check_launch(launch)
+    m = dict(recipe.megatron)
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+                "expert_model_parallel_size"):
+        m.setdefault(key, 1)
+    nc = norm_config_from_recipe(recipe)
+    base_shape = check_model(m)
+
+    layout = check_layout(m, base_shape, nodes, gpn)
+    try:
+        nc.check_hidden_size(base_shape.hidden_size)
+    except NormConfigError as e:
+        raise ValueError(f"invalid gatednorm.gatednorm_rank={e.value!r}: {e.reason}") from None
+    derived: Dict[str, Any] = dict(nodes=nodes, gpus_per_node=gpn, **layout)
+    shape = apply_parity(m, base_shape, nc, derived) if launch.get("parameter_parity") else base_shape
+
+    num_microbatches = check_batch(m, layout["data_parallel_size"])
+    tokens_per_step = int(m["seq_length"]) * int(m["global_batch_size"])
+    train_iters = train_iters_for_budget(m, launch, tokens_per_step)
+    vocab = padded_vocab(shape.vocab_size, flag_value(m, "make_vocab_size_divisible_by"),
+                         int(m["tensor_model_parallel_size"]))
+    counted = shape.replace(vocab_size=vocab)
+    params = count_params(counted, nc)
+    active = count_params(counted, nc, active=True)["total"]
+    derived.update(
+        num_microbatches=num_microbatches,
+        tokens_per_step=tokens_per_step,
+        train_iters=train_iters,
+        train_tokens=train_iters * tokens_per_step,
+        padded_vocab_size=vocab,
+        params_total=params["total"],
+        params_active=active,
+        params_breakdown={k: v for k, v in params.items() if k != "total"},
+    )
+    plan = Plan(recipe=recipe, nodes=nodes, megatron=m, norm_config=nc, shape=counted, derived=derived)
+
+    plan_memory(plan, gpu_memory_gb)
+    plan_runtime(plan)
+    plan_run_dir(plan)
+    plan.warnings.extend(plan_warnings(plan))
     return plan
 
 
