@@ -47,6 +47,21 @@ def test_script_is_valid_bash_and_carries_the_recipe():
     assert data["nodes"] == 16 and data["recipe"]["gatednorm"]["residual_clip"] == 100.0
 
 
+
+def test_template_fills_every_placeholder_and_keeps_bash_literal():
+    from megatron_gatednorm.launch.sbatch import fill, job_template
+
+    assert "@{run_dir}" in job_template()  # the package data, not an inline copy
+    assert "@{" not in script_of("dense2b_gatednorm")
+    assert "@{" not in build("tiny", ["launch.device=cpu", "launch.preflight=false"], 1)[1]
+    # a list fills its line with zero or more lines; a string fills in place; "$" and "[@]" stay
+    assert fill("a\n@{xs}\nb @{y} ${Z[@]}\n", dict(xs=[], y="1")) == "a\nb 1 ${Z[@]}\n"
+    assert fill("@{xs}\n", dict(xs=["p", "q"])) == "p\nq\n"
+    with pytest.raises(KeyError):
+        fill("@{missing}\n", {})
+    with pytest.raises(ValueError):
+        fill("@{Bad name}\n", {})
+
 def test_script_options():
     s = script_of("dense2b", ["launch.launcher=torchrun", "launch.container_image=/img/mgn.sqsh",
                               "launch.container_mounts=/data:/data", "slurm.partition=gpu", "slurm.account=proj",

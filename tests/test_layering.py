@@ -100,6 +100,7 @@ def test_launcher_side_loads_neither_torch_nor_megatron():
         "megatron_gatednorm.model_shape, megatron_gatednorm.parity, megatron_gatednorm.paper, "
         "megatron_gatednorm.training.flags, megatron_gatednorm.launch, megatron_gatednorm.launch.validate, "
         "megatron_gatednorm.launch.argv, megatron_gatednorm.launch.sbatch, megatron_gatednorm.launch.ranks, "
+        "megatron_gatednorm.launch.memory, megatron_gatednorm.launch.plan, megatron_gatednorm.training.preflight, "
         "megatron_gatednorm.cli\n"
         "from megatron_gatednorm.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"

@@ -5,12 +5,21 @@ One concern per module:
 
 * :mod:`.recipes` — YAML recipes with ``base:`` inheritance, ``+`` overlays and ``key=value``
   overrides (type coercion, unknown keys rejected with close matches);
-* :mod:`.validate` — parallel layout, batch, sequence, token budget → iterations, parameter and
-  per-GPU memory estimates; every error is a ValueError naming the field and what would fit;
+* :mod:`.validate` — parallel layout, batch, sequence, token budget → iterations, parameter
+  counts, runtime and chained jobs; every error is a ValueError naming the field and what would fit;
+* :mod:`.memory` — the per-GPU memory estimate (weights, gradients, optimizer, activations) and
+  its formulas;
 * :mod:`.argv` — the resolved recipe as Megatron-LM command-line flags (Megatron's own names,
   plugin flags from :data:`megatron_gatednorm.norm_flags.FLAGS`);
 * :mod:`.sbatch` — the sbatch script (srun-native or torchrun, signal → save → requeue,
-  resume, dependent-job chains) and submission.
+  resume, dependent-job chains), rendered from ``templates/job.sbatch``, and submission;
+* :mod:`.plan` — the entry point: recipe name → (plan, script), and the plan's summary;
+* :mod:`.ranks` — Slurm's task variables as torch.distributed's.
+
+The checks every rank runs inside the job (``mgn preflight``) are
+:mod:`megatron_gatednorm.training.preflight`.
 """
 
-from megatron_gatednorm.launch.recipes import Recipe, load_recipe, recipe_dir  # noqa: F401
+from megatron_gatednorm.launch.recipes import Recipe, load_recipe, recipe_dir
+
+__all__ = ["Recipe", "load_recipe", "recipe_dir"]

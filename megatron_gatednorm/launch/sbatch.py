@@ -1,6 +1,8 @@
 """The sbatch script of a :class:`~.validate.Plan`, and its submission.
 
-What the script does, in order:
+The script's text is the template ``templates/job.sbatch`` (package data); :func:`render` computes
+the values (``#SBATCH`` header, srun/torchrun commands, environment, Megatron argv, resolved
+recipe) and fills its ``@{name}`` placeholders. What the script does, in order:
 
 1. ``#SBATCH`` header: nodes, one task per GPU (srun-native) or per node (torchrun), GPUs,
    ``--time``, ``--signal=B:<SIG>@<lead>`` (to the batch shell only), ``--requeue``,
@@ -22,11 +24,14 @@ What the script does, in order:
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
 import os
 import shlex
+import string
 import subprocess
-from typing import List, Optional
+from typing import Dict, List, Optional, Union
 
 from megatron_gatednorm.device import DEVICE_ENV
 from megatron_gatednorm.launch.argv import megatron_argv
@@ -39,6 +44,8 @@ DEFAULT_ENV = {
     "PYTHONFAULTHANDLER": "1",
     "OMP_NUM_THREADS": "1",
 }
+
+TEMPLATE = "job.sbatch"  # in megatron_gatednorm/launch/templates/
 
 
 def _q(value) -> str:
@@ -102,8 +109,36 @@ def _python_cmd(plan, module_args: List[str]) -> List[str]:
             '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"'] + module_args
 
 
+class ScriptTemplate(string.Template):
+    """``@{name}`` placeholders, so that bash's own ``$`` stays literal (``@`` followed by anything
+    but ``{`` is literal too: ``"${ARGS[@]}"``); ``@{`` not followed by a name and ``}`` is an error."""
+
+    delimiter = "@"
+    pattern = r"@(?:(?P<escaped>(?!))|(?P<named>(?!))|\{(?P<braced>[a-z_]+)\}|(?P<invalid>\{))"
+
+
+@functools.lru_cache(maxsize=None)
+def job_template() -> str:
+    """The job script template, package data ``megatron_gatednorm/launch/templates/job.sbatch``."""
+    return (importlib.resources.files("megatron_gatednorm.launch") / "templates" / TEMPLATE).read_text(encoding="utf-8")
+
+
+def fill(template: str, values: Dict[str, Union[str, List[str]]]) -> str:
+    """``template`` with its placeholders filled: a line that is only ``@{name}`` with a list value
+    becomes those lines (none: the line is dropped); string values are substituted in place."""
+    scalars = {k: v for k, v in values.items() if isinstance(v, str)}
+    out: List[str] = []
+    for line in template.splitlines():
+        block = values.get(line[2:-1]) if line.startswith("@{") and line.endswith("}") else None
+        if isinstance(block, list):
+            out += block
+        else:
+            out.append(ScriptTemplate(line).substitute(scalars))
+    return "\n".join(out) + "\n"
+
+
 def render(plan) -> str:
-    """The sbatch script (bash) for ``plan``."""
+    """The sbatch script (bash) for ``plan``: :func:`job_template` filled with the plan's values."""
     r, launch = plan.recipe, plan.recipe.launch
     m = plan.megatron
     run_dir = plan.derived["run_dir"]
@@ -113,95 +148,42 @@ def render(plan) -> str:
     if launch["device"] == "cpu":
         env.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
     pythonpath = [p for p in (launch.get("megatron_lm_path"), launch.get("pythonpath")) if p]
+    exports = [f"export {k}={_q(v)}" for k, v in env.items()]
+    if pythonpath:
+        exports.append(f'export PYTHONPATH={_q(":".join(pythonpath))}"${{PYTHONPATH:+:$PYTHONPATH}}"')
     resolved = r.to_dict()
     resolved["launch"]["run_dir"] = run_dir  # absolute: ranks may start in another directory
     recipe_json = json.dumps(dict(recipe=resolved, nodes=plan.nodes,
                                   gpu_memory_gb=plan.derived["gpu_memory_gb"]), sort_keys=True)
     entry = shlex.split(launch["entrypoint"])
     srun = " ".join(_srun_prefix(plan))
-    lines = ["#!/bin/bash", f"# {r.name}: rendered by `mgn launch` (megatron-gatednorm); do not edit by hand,",
-             f"# re-render with: mgn launch {r.name} {' '.join(shlex.quote(o) for o in r.overrides)} "
-             f"--nodes {plan.nodes}" + "".join(f" --recipe-dir {shlex.quote(d)}" for d in r.recipe_dirs)]
-    lines += header_lines(plan)
-    lines += [
-        "set -uo pipefail",
-        "",
-        f"RUN_DIR={_q(run_dir)}",
-        f"SAVE={_q(m['save'])}",
-        f"TRAIN_ITERS={int(m['train_iters'])}",
-        f"MAX_REQUEUES={int(launch['max_requeues'])}",
-        'mkdir -p "$RUN_DIR/logs" "$SAVE"',
-        "",
-        "# Rendezvous: first node of the allocation; the port is derived from the job id.",
-        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
-    ]
-    for k, v in env.items():
-        lines.append(f"export {k}={_q(v)}")
-    if pythonpath:
-        lines.append(f'export PYTHONPATH={_q(":".join(pythonpath))}"${{PYTHONPATH:+:$PYTHONPATH}}"')
-    lines += [
-        'echo "mgn: job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST '
-        'master $MASTER_ADDR:$MASTER_PORT at $(date -Is)"',
-        "",
-        "cat > \"$RUN_DIR/recipe.json\" <<'MGN_RECIPE_EOF'",
-        recipe_json,
-        "MGN_RECIPE_EOF",
-        "",
-        "# Resume from --save (= --load): Megatron's tracker file names the latest iteration.",
-        'latest_iteration() { cat "$SAVE/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0; }',
-        'if [ -f "$SAVE/latest_checkpointed_iteration.txt" ]; then',
-        '  echo "mgn: resuming from $SAVE (latest_checkpointed_iteration=$(latest_iteration))"',
-        '  if [ "$(latest_iteration)" != release ] && [ "$(latest_iteration)" -ge "$TRAIN_ITERS" ]; then',
-        '    echo "mgn: run already finished ($TRAIN_ITERS iterations); nothing to do"; exit 0',
-        "  fi",
-        "else",
-        '  echo "mgn: no checkpoint in $SAVE; starting from iteration 0"',
-        "fi",
-        "",
-    ]
+    preflight: List[str] = []
     if launch["preflight"]:
-        preflight = _python_cmd(plan, ["-m", "megatron_gatednorm.cli", "preflight", "--recipe-json", "$RUN_DIR/recipe.json"])
-        lines += [
+        cmd = _python_cmd(plan, ["-m", "megatron_gatednorm.cli", "preflight", "--recipe-json", "$RUN_DIR/recipe.json"])
+        preflight = [
             "# Preflight on every rank: rendezvous, layout, parameter count (fails fast, naming the rank).",
-            f"{srun} {' '.join(preflight)} || {{ echo \"mgn: preflight failed\"; exit 3; }}",
+            f"{srun} {' '.join(cmd)} || {{ echo \"mgn: preflight failed\"; exit 3; }}",
             "",
         ]
     train = _python_cmd(plan, entry + ['"${MEGATRON_ARGS[@]}"'])
-    lines += ["MEGATRON_ARGS=("]
-    lines += [f"  {_q(a)}" for a in argv]
-    lines += [
-        ")",
-        "",
-        "# The time-limit signal (only the batch shell gets it) → SIGTERM to every job step (not to",
-        "# srun itself, which would kill the tasks) → Megatron saves and exits → requeue below.",
-        "# A plain SIGTERM (scancel, preemption) is forwarded the same way but does not requeue.",
-        "SIGNALLED=0",
-        "CANCELLED=0",
-        "on_signal() {",
-        '  echo "mgn: caught SIG$1 at $(date -Is): asking Megatron to save and exit (SIGTERM to the job steps)"',
-        '  if [ "$1" = TERM ]; then CANCELLED=1; else SIGNALLED=1; fi',
-        '  scancel --signal=TERM "$SLURM_JOB_ID"',
-        "}",
-        f"trap 'on_signal {launch['signal']}' {launch['signal']}",
-        "trap 'on_signal TERM' TERM",
-        "",
-        f"{srun} {' '.join(train)} &",
-        "TRAIN_PID=$!",
-        "# wait returns early when a trapped signal arrives: keep waiting until the step has exited.",
-        'wait "$TRAIN_PID"; RC=$?',
-        'while kill -0 "$TRAIN_PID" 2>/dev/null; do wait "$TRAIN_PID"; RC=$?; done',
-        'echo "mgn: training step exited with rc=$RC at iteration $(latest_iteration) of $TRAIN_ITERS"',
-        'if [ "$(latest_iteration)" != release ] && [ "$(latest_iteration)" -lt "$TRAIN_ITERS" ] \\',
-        '   && [ "$CANCELLED" = 0 ] && { [ "$SIGNALLED" = 1 ] || [ "$RC" = 0 ]; } \\',
-        '   && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then',
-        '  echo "mgn: requeueing job $SLURM_JOB_ID to resume from $SAVE"',
-        '  scontrol requeue "$SLURM_JOB_ID"',
-        "  exit 0",
-        "fi",
-        'exit "$RC"',
-    ]
-    return "\n".join(lines) + "\n"
+    return fill(job_template(), dict(
+        name=r.name,
+        overrides=" ".join(shlex.quote(o) for o in r.overrides),
+        nodes=str(plan.nodes),
+        recipe_dir_flags="".join(f" --recipe-dir {shlex.quote(d)}" for d in r.recipe_dirs),
+        sbatch_header=header_lines(plan),
+        run_dir=_q(run_dir),
+        save=_q(m["save"]),
+        train_iters=str(int(m["train_iters"])),
+        max_requeues=str(int(launch["max_requeues"])),
+        exports=exports,
+        recipe_json=recipe_json,
+        preflight=preflight,
+        megatron_args=[f"  {_q(a)}" for a in argv],
+        signal=str(launch["signal"]),
+        srun=srun,
+        train=" ".join(train),
+    ))
 
 
 def submit(plan, script: str, sbatch: str = "sbatch") -> List[str]:
