@@ -6,6 +6,8 @@
   launcher validates recipes against them);
 * :mod:`.small_trainer` — a tool for small runs (tests, ``mgn experiment``, CPU demos): a plain
   torch loop over the same model code, not Megatron-LM's.
+* :mod:`.preflight` — the checks every rank of an ``mgn launch`` job runs before training
+  (``mgn preflight``): world size, device, rendezvous, meta-device shard, parameter total, fused norms.
 
 Imports nothing at package import, so ``mgn launch`` can read :mod:`.flags` without torch.
 """
