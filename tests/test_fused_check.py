@@ -1,4 +1,4 @@
-"""The preflight's fused-vs-eager norm check (:mod:`megatron_gatednorm.fused_check`) in Triton's
+"""The preflight's fused-vs-eager norm check (:mod:`megatron_gatednorm.training.fused_check`) in Triton's
 CPU interpreter: every fused variant passes well inside ``TOLERANCES``; unfused configurations
 are skipped with the reason; a perturbed, raising or NaN-producing kernel fails naming the
 variant; the cases of a model are its distinct norm modules."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_gatednorm import fused_check
+from megatron_gatednorm.training import fused_check
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.norms import norm_class
 

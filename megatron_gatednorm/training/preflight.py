@@ -13,7 +13,7 @@
    recipe's TP/PP/CP/EP and
 5. builds this rank's model shard on the meta device (no memory) with the plugin's specs;
 6. :func:`fused_norm_check`: fused-vs-eager check of each distinct norm module of the shard on this
-   rank's GPU, in the recipe's dtype (:mod:`megatron_gatednorm.fused_check`, tolerances in its
+   rank's GPU, in the recipe's dtype (:mod:`megatron_gatednorm.training.fused_check`, tolerances in its
    ``TOLERANCES``); skipped with the reason on a CPU rank (the kernels run compiled only on CUDA)
    unless ``--fused-check=on`` runs it in Triton's interpreter (``TRITON_INTERPRET=1``);
 7. :func:`gather` all-gathers the shard parameter counts (:func:`count_local_params`: each parameter
@@ -182,7 +182,7 @@ def fused_norm_check(model, plan, device: str, mode: str):
                 "CPU ranks train on the eager path)"), None
     import torch
 
-    from megatron_gatednorm.fused_check import check_fused_norms, norm_cases
+    from megatron_gatednorm.training.fused_check import check_fused_norms, norm_cases
 
     target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
     try:
