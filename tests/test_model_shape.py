@@ -138,8 +138,7 @@ def test_checkpoint_args_round_trip():
 
 
 _MEGATRON_PARSER = """
-import json, sys, typing, typing_extensions, argparse
-typing.override = typing_extensions.override  # megatron.training 0.19 needs Python 3.12's typing.override
+import json, sys, argparse
 from megatron.training.arguments import add_megatron_arguments
 parser = add_megatron_arguments(argparse.ArgumentParser(allow_abbrev=False))
 print(json.dumps({a.dest: dict(options=a.option_strings, default=a.default) for a in parser._actions}, default=repr))

@@ -1,23 +1,14 @@
 """Shared by the workers that run inside .venv-mcore019 (megatron-core 0.19.2 with its real
-``megatron.training``): Python 3.11 compatibility, Megatron-LM's own argument parsing, a
-1-process gloo group, and the recipe keys that switch off Megatron's CUDA-only fusions."""
+``megatron.training``): Megatron-LM's own argument parsing and a 1-process gloo group. (Python
+3.11's missing ``typing.override`` is provided by the venv itself, .ci/mcore019_venv.sh; the
+CPU-only Megatron switches are the recipe overlay ``cpu``.)"""
 
 import contextlib
 import io
 import os
 import sys
-import typing
 
-import typing_extensions
 from helpers.processes import free_port
-
-if not hasattr(typing, "override"):  # megatron.training 0.19 imports typing.override (Python 3.12+)
-    typing.override = typing_extensions.override
-
-# Megatron-LM's CPU-only switches (fusions need CUDA/TE), written as recipe keys named after the flags.
-CPU_FLAGS = [f"megatron.{k}=true" for k in (
-    "no_rope_fusion", "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_swiglu_fusion",
-    "no_bias_dropout_fusion", "no_persist_layer_norm", "use_cpu_initialization")]
 
 
 def parse(argv, world_size, validate, extra_args_provider=None):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUBMITTED: list = []  # job ids the tests submitted (cancelled on teardown)
 PIDFILES = {"munged": "/run/munge/munged.pid", "slurmctld": "/run/slurmctld.pid", "slurmd": "/run/slurmd.pid"}
 

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from helpers.mcore019 import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
+from helpers.mcore019 import init_single_process, parse  # noqa: E402
 from workers._common import perturb  # noqa: E402
 
 TOKENS, VOCAB = 16, 256
@@ -42,9 +42,9 @@ def main():
     else:
         init_single_process()
     rank_env = {k: os.environ[k] for k in ("RANK", "LOCAL_RANK") if k in os.environ}
-    plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
+    plan, _ = build("tiny+cpu", ["launch.gpus_per_node=1", "global_batch_size=4",
                              f"launch.run_dir={ckpt}.run", "megatron.bf16=false",
-                             "megatron.apply_layernorm_1p=true"] + CPU_FLAGS, 1)
+                             "megatron.apply_layernorm_1p=true"], 1)
     # validate_args reads the GPU's compute capability for TP > 1 (a CUDA_DEVICE_MAX_CONNECTIONS
     # hint, which Blackwell does not need); there is no GPU here
     megatron_arguments.get_device_arch_version = lambda: 10

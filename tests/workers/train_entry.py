@@ -8,7 +8,7 @@ import io
 import json
 import sys
 
-from helpers.mcore019 import CPU_FLAGS, init_single_process, parse  # noqa: E402 (aliases typing.override first)
+from helpers.mcore019 import init_single_process, parse  # noqa: E402
 
 from megatron_gatednorm.launch.plan import build  # noqa: E402
 from megatron_gatednorm.launch.argv import megatron_argv  # noqa: E402
@@ -61,8 +61,8 @@ out["pretrain_call_style"] = train.pretrain_call_style(pretrain)
 init_single_process()
 models = {}
 for name, extra in (("gatednorm", []), ("glu", ["gatednorm.ffn_activation=glu"])):
-    plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
-                             "launch.run_dir=/tmp/mgn-train-entry"] + CPU_FLAGS + extra, 1)
+    plan, _ = build("tiny+cpu", ["launch.gpus_per_node=1", "global_batch_size=4",
+                             "launch.run_dir=/tmp/mgn-train-entry"] + extra, 1)
     args = parse(megatron_argv(plan), 1, True)
     args.padded_vocab_size = plan.derived["padded_vocab_size"]
     set_args(args)
@@ -85,8 +85,8 @@ from megatron.training.argument_utils import gpt_config_from_args  # noqa: E402
 
 from megatron_gatednorm.norm_flags import add_gatednorm_args  # noqa: E402
 
-plan, _ = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=1", "global_batch_size=4",
-                         "megatron.spec=[megatron_gatednorm.specs, gatednorm_block_spec_from_args]"] + CPU_FLAGS, 1)
+plan, _ = build("tiny+cpu", ["launch.gpus_per_node=1", "global_batch_size=4",
+                         "megatron.spec=[megatron_gatednorm.specs, gatednorm_block_spec_from_args]"], 1)
 args = parse(megatron_argv(plan), 1, True, extra_args_provider=add_gatednorm_args)
 args.padded_vocab_size = plan.derived["padded_vocab_size"]
 set_args(args)
