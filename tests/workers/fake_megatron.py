@@ -1,4 +1,5 @@
-"""Stand-in for ``megatron_gatednorm.training.pretrain`` in the Slurm tests (pretrain() needs CUDA).
+"""Stand-in training step for tests/test_slurm.py, which checks the launcher's torchrun job plumbing
+(Megatron's real pretrain() runs under Slurm in tests/test_slurm_pretrain.py).
 
 It behaves like Megatron-LM with ``--exit-signal-handler``: on SIGTERM it saves a "checkpoint"
 (``latest_checkpointed_iteration.txt`` in ``--save``, written by rank 0) and exits 0; when
