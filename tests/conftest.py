@@ -68,3 +68,20 @@ def tiny_data(tmp_path_factory):
     assert main(["data", "--out", str(out), "--max-works", "3", "--vocab-size", "512", "--doc-chars", "1000"]) == 0
     return out
 
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A localhost Slurm (.ci/slurm_up.sh), started once for the session's Slurm tests and stopped
+    after them; jobs the tests submitted are cancelled first. Fails under CI, skips elsewhere, if
+    it cannot start."""
+    import helpers.slurm_cluster as sc
+
+    try:
+        started = sc.start()
+    except Exception as e:  # noqa: BLE001
+        if sc.in_ci():
+            pytest.fail(f"Slurm could not start under CI: {e}")
+        pytest.skip(f"Slurm could not start: {e}")
+    yield
+    sc.stop(started)

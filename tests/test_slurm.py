@@ -25,18 +25,6 @@ if not shutil.which("sbatch") and not sc.in_ci():
                 allow_module_level=True)
 
 
-@pytest.fixture(scope="session")
-def slurm():
-    try:
-        started = sc.start()
-    except Exception as e:  # noqa: BLE001
-        if sc.in_ci():
-            pytest.fail(f"Slurm could not start under CI: {e}")
-        pytest.skip(f"Slurm could not start: {e}")
-    yield
-    sc.stop(started)
-
-
 def _submit(tmp_path, *overrides):
     from megatron_gatednorm.launch.plan import build
     from megatron_gatednorm.launch.sbatch import submit

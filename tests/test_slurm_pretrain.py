@@ -36,18 +36,6 @@ if not VENV_PY.exists() and not sc.in_ci():
     pytest.skip(f"{VENV_PY} is missing: .ci/mcore019_venv.sh creates it", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    try:
-        started = sc.start()
-    except Exception as e:  # noqa: BLE001
-        if sc.in_ci():
-            pytest.fail(f"Slurm could not start under CI: {e}")
-        pytest.skip(f"Slurm could not start: {e}")
-    yield
-    sc.stop(started)
-
-
 def _build(run_dir: Path, *overrides):
     from megatron_gatednorm.launch.plan import build
 
