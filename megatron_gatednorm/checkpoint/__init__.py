@@ -17,22 +17,26 @@ Modules, each one concern:
 * :mod:`.arch` — ``args`` ⇄ :class:`Arch` (model shape, norm config, Megatron's extra fields);
 * :mod:`.layout` — stacked/sharded dist-ckpt keys ⇄ per-layer, per-expert names (Gated DeltaNet parts);
 * :mod:`.read` / :mod:`.write` — offline and live-model reading and writing;
-* :mod:`.atomic_dir` — output folders that appear whole or not at all.
+* :mod:`.atomic_dir` — output folders that appear whole or not at all, outside their inputs;
+* :mod:`.manifest` — the integrity record (``.mgn-manifest.json``: size + sha256 per file)
+  written into every folder the project makes, checked on read and before ``--overwrite``.
 
 Training (``megatron_gatednorm.training``) and conversion (``megatron_gatednorm.convert``) both
 depend on this package; it depends on neither.
 """
 
 from megatron_gatednorm.checkpoint.arch import Arch, arch_from_args, megatron_args
-from megatron_gatednorm.checkpoint.atomic_dir import atomic_output_dir
+from megatron_gatednorm.checkpoint.atomic_dir import atomic_output_dir, check_outside_inputs
 from megatron_gatednorm.checkpoint.errors import CheckpointError
 from megatron_gatednorm.checkpoint.layout import Tensors, stack, unstack
+from megatron_gatednorm.checkpoint.manifest import MANIFEST, verify_manifest, write_manifest
 from megatron_gatednorm.checkpoint.paths import TRACKER, iteration_dir, iteration_path
 from megatron_gatednorm.checkpoint.read import load_megatron_checkpoint, read_checkpoint
 from megatron_gatednorm.checkpoint.write import commit, save_checkpoint, save_model, write_checkpoint
 
 __all__ = [
-    "Arch", "CheckpointError", "TRACKER", "Tensors", "arch_from_args", "atomic_output_dir", "commit",
-    "iteration_dir", "iteration_path", "load_megatron_checkpoint", "megatron_args", "read_checkpoint",
-    "save_checkpoint", "save_model", "stack", "unstack", "write_checkpoint",
+    "Arch", "CheckpointError", "MANIFEST", "TRACKER", "Tensors", "arch_from_args", "atomic_output_dir",
+    "check_outside_inputs", "commit", "iteration_dir", "iteration_path", "load_megatron_checkpoint",
+    "megatron_args", "read_checkpoint", "save_checkpoint", "save_model", "stack", "unstack",
+    "verify_manifest", "write_checkpoint", "write_manifest",
 ]

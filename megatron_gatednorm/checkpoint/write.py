@@ -16,6 +16,7 @@ from typing import Iterator
 import torch.distributed as dist
 
 from megatron_gatednorm.checkpoint.layout import Tensors
+from megatron_gatednorm.checkpoint.manifest import write_manifest
 from megatron_gatednorm.checkpoint.paths import CHECKPOINT_VERSION, TRACKER, iteration_path
 from megatron_gatednorm.cpu_shim import cuda_calls_on_cpu
 
@@ -40,9 +41,12 @@ def save_model(root, iteration: int, model, args: argparse.Namespace) -> Path:
 
 
 def commit(root, iteration: int) -> None:
-    """Point the tracker at ``iteration`` once every rank has finished writing (atomic rename)."""
+    """Point the tracker at ``iteration`` once every rank has finished writing (atomic rename).
+    Before the tracker moves, rank 0 records every file of the iteration folder (size + sha256)
+    in its integrity manifest (:mod:`.manifest`), which the readers check."""
     dist.barrier()
     if dist.get_rank() == 0:
+        write_manifest(iteration_path(root, iteration), "megatron-checkpoint")
         tmp = Path(root) / (TRACKER + ".tmp")
         tmp.write_text(str(iteration))
         os.replace(tmp, Path(root) / TRACKER)
@@ -73,7 +77,8 @@ def _process_group() -> Iterator[None]:
 
 def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, iteration: int = 0) -> None:
     """Write global tensors (dist-ckpt keys) as a Megatron-LM torch_dist checkpoint into the
-    existing empty folder ``out_dir``, from this single process."""
+    existing empty folder ``out_dir``, from this single process (with the iteration folder's
+    integrity manifest, as :func:`commit` writes it)."""
     from megatron.core.dist_checkpointing import ShardedTensor
 
     sharded = {
