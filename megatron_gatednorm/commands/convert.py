@@ -22,7 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     h.add_argument("--gatednorm-arch", action="store_true",
                    help="write the GatedNorm HF architecture even for a stock-expressible baseline")
-    h.add_argument("--overwrite", action="store_true")
+    h.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is an HF folder mgn wrote (nothing else in it)")
+    h.add_argument("--no-verify", action="store_true",
+                   help="read the input even if its files differ from the .mgn-manifest.json mgn wrote with it")
     h.add_argument("--no-progress", action="store_true")
     m = sub.add_parser("to-megatron", help="HF folder -> Megatron-LM torch_dist checkpoint")
     m.add_argument("--hf", required=True, help="HF folder (Qwen3, Qwen3-MoE, Qwen3-Next, Llama or GatedNorm)")
@@ -34,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tokenizer-type", default=None,
                    help="Megatron's --tokenizer-type recorded in args (megatron.training compares it when "
                         "resuming without --finetune from a vocab-file tokenizer)")
-    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a checkpoint mgn wrote (nothing else in it)")
+    m.add_argument("--no-verify", action="store_true",
+                   help="read the input even if its files differ from the .mgn-manifest.json mgn wrote with it")
 
 
 def run(args) -> int:
@@ -44,7 +50,7 @@ def run(args) -> int:
         name = convert_to_hf(
             args.load, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
             max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-            force_gatednorm=args.gatednorm_arch, progress=not args.no_progress,
+            force_gatednorm=args.gatednorm_arch, progress=not args.no_progress, verify=not args.no_verify,
         )
         print(f"wrote {args.out} ({name})")
     else:
@@ -52,7 +58,7 @@ def run(args) -> int:
 
         arch = convert_to_megatron(
             args.hf, args.out, tp=args.tp, pp=args.pp, ep=args.ep, overwrite=args.overwrite,
-            vocab_size=args.vocab_size, tokenizer_type=args.tokenizer_type,
+            vocab_size=args.vocab_size, tokenizer_type=args.tokenizer_type, verify=not args.no_verify,
         )
         print(f"wrote {args.out} (norm variant {arch.norm_config.variant}; load with --finetune or --no-load-optim --no-load-rng)")
     return 0

@@ -393,11 +393,8 @@ def _progress(total: int, desc: str, enabled: bool):
         return _Null()
 
 
-def expected_parameters(config, name: str) -> Optional[Dict[str, Tuple[int, ...]]]:
-    """Parameter names/shapes of the HF model (built on the meta device), or None for classes
-    whose in-memory names differ from the checkpoint's (transformers-5 fused MoE experts)."""
-    if name == "Qwen3MoeForCausalLM" or (name == "Qwen3NextForCausalLM" and config.num_experts):
-        return None
+def _meta_parameters(config, name: str) -> Tensors:
+    """The parameters of the HF model ``name`` built from ``config`` on the meta device."""
     if name == "GatedNormForCausalLM":
         from megatron_gatednorm.hf.modeling_gatednorm import GatedNormForCausalLM as cls
     else:
@@ -406,7 +403,68 @@ def expected_parameters(config, name: str) -> Optional[Dict[str, Tuple[int, ...]
         cls = getattr(transformers, name)
     with torch.device("meta"):
         model = cls(config)
-    params = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return dict(model.named_parameters())
+
+
+def _fused_experts(config, name: str) -> bool:
+    return name == "Qwen3MoeForCausalLM" or (name == "Qwen3NextForCausalLM" and bool(config.num_experts))
+
+
+def expected_parameters(config, name: str) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """Parameter names/shapes of the HF model (built on the meta device), or None for classes
+    whose in-memory names differ from the checkpoint's (transformers-5 fused MoE experts)."""
+    if _fused_experts(config, name):
+        return None
+    params = {n: tuple(p.shape) for n, p in _meta_parameters(config, name).items()}
     if config.tie_word_embeddings:
         params.pop("lm_head.weight", None)
     return params
+
+
+def saved_parameters(config, name: str) -> Dict[str, Tuple[int, ...]]:
+    """Names/shapes of the tensors an HF folder of class ``name`` with ``config`` holds, as
+    :func:`read_safetensors` + :func:`unfuse_experts` return them (per-expert names also for
+    the classes whose experts are fused in memory); ``lm_head.weight`` left out when tied."""
+    params = _meta_parameters(config, name)
+    if _fused_experts(config, name):
+        params = unfuse_experts(params)
+    params = {n: tuple(p.shape) for n, p in params.items()}
+    if config.tie_word_embeddings:
+        params.pop("lm_head.weight", None)
+    return params
+
+
+def config_from_dict(cfg: dict, where: str = "config.json"):
+    """The transformers config object of a config.json dict of a supported architecture."""
+    try:
+        if cfg.get("model_type") == "gatednorm":
+            from megatron_gatednorm.hf.configuration_gatednorm import GatedNormConfig
+
+            return GatedNormConfig(**cfg)
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def _capped(items: list, limit: int) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def shape_mismatch(got: Dict[str, Tuple[int, ...]], expected: Dict[str, Tuple[int, ...]], limit: int = 8) -> Optional[str]:
+    """What differs between tensor names/shapes ``got`` and ``expected`` (missing, unexpected,
+    wrong shape; each list capped at ``limit`` names), or None if they agree."""
+    missing = sorted(set(expected) - set(got), key=_natural)
+    unexpected = sorted(set(got) - set(expected), key=_natural)
+    wrong = [f"{k} {list(got[k])} (expected {list(expected[k])})"
+             for k in sorted(set(got) & set(expected), key=_natural) if tuple(got[k]) != tuple(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {_capped(missing, limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_capped(unexpected, limit)}")
+    if wrong:
+        parts.append(f"{len(wrong)} of the wrong shape: {_capped(wrong, limit)}")
+    return "; ".join(parts) or None

@@ -17,13 +17,19 @@ from megatron_gatednorm.checkpoint import (
     Arch,
     CheckpointError,
     atomic_output_dir,
+    check_outside_inputs,
     megatron_args,
     stack,
+    verify_manifest,
     write_checkpoint,
 )
 
 
 def check_layout(arch: Arch, tp: int, pp: int, ep: int) -> None:
+    """Refuse parallel sizes below 1 or that do not divide the model's sizes."""
+    for flag, n in (("--tp", tp), ("--pp", pp), ("--ep", ep)):
+        if not isinstance(n, int) or n < 1:
+            raise CheckpointError(f"invalid {flag}={n}: expected a whole number >= 1")
     s = arch.shape
     checks = [
         ("--tp", tp, "num_attention_heads", s.num_attention_heads),
@@ -43,8 +49,8 @@ def check_layout(arch: Arch, tp: int, pp: int, ep: int) -> None:
         raise CheckpointError(f"invalid --ep={ep}: the model has no experts")
 
 
-def read_hf(hf_dir) -> tuple:
-    """``(arch, HF class name, {hf name: tensor})`` of an HF folder of a supported architecture."""
+def read_hf_config(hf_dir) -> tuple:
+    """``(config.json dict, arch)`` of an HF folder of a supported architecture (cheap: no tensors)."""
     folder = Path(hf_dir)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -53,7 +59,31 @@ def read_hf(hf_dir) -> tuple:
         cfg = json.loads(config_path.read_text())
     except ValueError as e:
         raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
-    arch = hf_io.arch_from_hf_config(cfg, where=str(config_path))
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
+    return cfg, hf_io.arch_from_hf_config(cfg, where=str(config_path))
+
+
+def verify_hf(hf_dir) -> bool:
+    """Check an HF folder against its integrity manifest (False: it has none): config.json,
+    the index and every safetensors file must be listed and unchanged."""
+    folder = Path(hf_dir)
+    used = ["config.json"] + sorted(p.name for p in folder.glob("*.safetensors"))
+    if (folder / "model.safetensors.index.json").is_file():
+        used.append("model.safetensors.index.json")
+    return verify_manifest(folder, used)
+
+
+def read_hf(hf_dir, verify: bool = True) -> tuple:
+    """``(arch, HF class name, {hf name: tensor})`` of an HF folder of a supported architecture.
+
+    With ``verify`` the files are first checked against the folder's integrity manifest (if it
+    has one). The tensors' names and shapes are checked against what config.json implies (all
+    disagreements in one message)."""
+    folder = Path(hf_dir)
+    cfg, arch = read_hf_config(folder)
+    if verify:
+        verify_hf(folder)
     tensors = hf_io.unfuse_experts(hf_io.read_safetensors(folder))
     if cfg["model_type"] == "qwen3_next":
         # released Qwen3-Next folders carry a multi-token-prediction head that transformers'
@@ -63,7 +93,25 @@ def read_hf(hf_dir) -> tuple:
             print(f"to-megatron: not converting {len(mtp)} tensors of Qwen3-Next's multi-token-prediction "
                   f"head (mtp.*, e.g. {mtp[0]}): the Megatron model has no MTP layers", file=sys.stderr)
             tensors = {k: v for k, v in tensors.items() if not k.startswith("mtp.")}
-    return arch, hf_io.hf_class_of(cfg), tensors
+    hf_class = hf_io.hf_class_of(cfg)
+    check_tensors_fit_config(folder, cfg, hf_class, tensors)
+    return arch, hf_class, tensors
+
+
+def check_tensors_fit_config(folder: Path, cfg: dict, hf_class: str, tensors) -> None:
+    """Refuse tensors whose names/shapes disagree with config.json (hidden size, FFN size,
+    vocabulary, layer count, a missing or an extra tensor), naming every disagreement."""
+    config = hf_io.config_from_dict(cfg, where=str(folder / "config.json"))
+    expected = hf_io.saved_parameters(config, hf_class)
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if config.tie_word_embeddings:  # a tied head saved anyway is ignored (as hf_to_megatron does)
+        got.pop("lm_head.weight", None)
+    diff = hf_io.shape_mismatch(got, expected)
+    if diff:
+        raise CheckpointError(
+            f"{folder}: the tensors do not match config.json ({hf_class}): {diff}; "
+            "fix config.json or the safetensors files"
+        )
 
 
 def convert_to_megatron(
@@ -75,18 +123,34 @@ def convert_to_megatron(
     overwrite: bool = False,
     vocab_size: Optional[int] = None,
     tokenizer_type: Optional[str] = None,
+    verify: bool = True,
 ) -> Arch:
+    """Convert the HF folder ``hf_dir`` into a Megatron-LM checkpoint in ``out``.
+
+    Every input is checked before the tensors are read: ``out`` must not be, contain or lie
+    inside ``hf_dir``, may exist only with ``overwrite`` and then only as a folder mgn wrote;
+    config.json must describe a supported model that ``tp``/``pp``/``ep`` divide. With ``verify``
+    the folder's files are checked against its integrity manifest (if any). The checkpoint gets
+    an integrity manifest in its iteration folder and one for the whole folder."""
+    from megatron_gatednorm.checkpoint.manifest import check_replaceable
+
     out = Path(out)
+    check_outside_inputs(out, {"--hf": hf_dir})
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out}: output folder already exists (pass --overwrite to replace it)")
-    arch, hf_class, tensors = read_hf(hf_dir)
+    if out.exists():
+        check_replaceable(out)
+    if vocab_size is not None and vocab_size < 1:
+        raise ValueError(f"invalid --vocab-size={vocab_size}: expected a positive number")
+    _, arch = read_hf_config(hf_dir)
     check_layout(arch, tp, pp, ep)
+    arch, hf_class, tensors = read_hf(hf_dir, verify=verify)
     arch = arch.replace(dtype=next(iter(tensors.values())).dtype)
     megatron = stack(hf_to_megatron(tensors, arch, hf_class), arch)
     args = megatron_args(
         arch, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         expert_model_parallel_size=ep, vocab_size=vocab_size, tokenizer_type=tokenizer_type,
     )
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite, kind="megatron-checkpoint") as tmp:
         write_checkpoint(megatron, args, tmp)
     return arch
