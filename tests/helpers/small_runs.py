@@ -1,5 +1,6 @@
 """The small trainer's flags for the 2-layer test model on the ``tiny_data`` fixture's corpus."""
 
+from megatron_gatednorm.data.build import cache_path
 from megatron_gatednorm.model_shape import ModelShape, shape_to_argv
 
 # Gated attention + QK-norm (the paper's baseline); vocabulary from the data's tokenizer.
@@ -15,7 +16,7 @@ def trainer_argv(data, save, iters=6, extra=()):
         "--seq-length", str(SHAPE.max_position_embeddings), "--micro-batch-size", "2",
         "--global-batch-size", "4", "--train-iters", str(iters), "--lr", "3e-3", "--lr-warmup-iters", "2",
         "--data-path", str(data / "train_text_document"), "--valid-data-path", str(data / "heldout_text_document"),
-        "--tokenizer-model", str(data / "tokenizer"), "--data-cache-path", str(data / "cache"),
+        "--tokenizer-model", str(data / "tokenizer"), "--data-cache-path", str(cache_path(data)),
         "--save", str(save), "--eval-iters", "2", "--outlier-log-interval", "3", "--gatednorm-rank", "4",
         *extra,
     ]
