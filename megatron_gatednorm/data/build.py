@@ -141,6 +141,18 @@ def cache_path(out) -> Path:
     return Path(out) / CACHE / dataset_id(out)
 
 
+def identity_cache_path(prefixes) -> Optional[str]:
+    """The dataset cache path for data prefixes of one ``mgn data`` folder (its ``data.json``
+    beside them), carrying the dataset's identity: a rebuilt dataset never meets the index cache
+    of the old one. ``None`` when the prefixes are not all in one such folder (the caller keeps
+    Megatron's default)."""
+    folders = {Path(p).parent for p in prefixes or () if p}
+    if len(folders) != 1:
+        return None
+    (folder,) = folders
+    return str(cache_path(folder)) if (folder / MANIFEST).is_file() else None
+
+
 def read_manifest(out: Path) -> dict:
     """The ``data.json`` of a data folder that :func:`build_datasets` wrote."""
     return json.loads((Path(out) / MANIFEST).read_text())

@@ -76,6 +76,8 @@ def _dataset_config(args):
     from megatron.training import get_tokenizer
     from megatron.training.utils import get_blend_and_blend_per_split
 
+    from megatron_gatednorm.data.build import identity_cache_path
+
     blend, blend_per_split = get_blend_and_blend_per_split(args)
     return GPTDatasetConfig(
         random_seed=args.seed,
@@ -84,7 +86,8 @@ def _dataset_config(args):
         blend_per_split=blend_per_split,
         split=args.split,
         num_dataset_builder_threads=args.num_dataset_builder_threads,
-        path_to_cache=args.data_cache_path,
+        path_to_cache=args.data_cache_path or identity_cache_path(
+            args.data_path or (args.train_data_path or []) + (args.valid_data_path or []) + (args.test_data_path or [])),
         mmap_bin_files=args.mmap_bin_files,
         tokenizer=get_tokenizer(),
         reset_position_ids=args.reset_position_ids,

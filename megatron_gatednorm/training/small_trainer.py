@@ -136,6 +136,8 @@ def _datasets(args, tokenizer, train_samples: int, valid_samples: int):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
+    from megatron_gatednorm.data.build import identity_cache_path
+
     if args.mock_data == bool(args.data_path):
         raise ValueError("give exactly one of --data-path and --mock-data")
     valid = (args.valid_data_path, None) if args.valid_data_path and valid_samples else None
@@ -143,7 +145,7 @@ def _datasets(args, tokenizer, train_samples: int, valid_samples: int):
     config = GPTDatasetConfig(
         random_seed=args.seed, sequence_length=args.seq_length, tokenizer=tokenizer,
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
-        path_to_cache=args.data_cache_path, mmap_bin_files=True, **blend,
+        path_to_cache=args.data_cache_path or identity_cache_path(args.data_path), mmap_bin_files=True, **blend,
     )
     sizes = [train_samples, valid_samples if valid else None, None]
     cls = MockGPTDataset if args.mock_data else GPTDataset
