@@ -108,6 +108,21 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
+def _rank_pids() -> list:
+    """PIDs of the training ranks: processes running ``python -m megatron_gatednorm.training.pretrain``
+    whose parent is not one (srun's command line does not start with python; a rank's forked
+    workers — data loading, async checkpoint writers — have a rank as parent)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    procs = {}
+    for line in out.splitlines():
+        pid, ppid, args = line.strip().split(None, 2)
+        if re.match(r"\S*python\S* -m megatron_gatednorm\.training\.pretrain", args):
+            procs[int(pid)] = int(ppid)
+    ranks = sorted(pid for pid, ppid in procs.items() if ppid not in procs)
+    assert len(ranks) == 2, procs
+    return ranks
+
+
 def _consumed(final_line: str) -> int:
     return int(re.search(r"consumed samples: +(\d+)", final_line).group(1))
 
@@ -163,10 +178,7 @@ def test_tp2_sp_signal_during_startup_then_kill9_during_a_save(slurm, tmp_path, 
 
     sc.wait_for(lambda: (save / "iter_0000008").exists(), timeout_s=400, interval_s=0.01,
                 what="the save of iteration 8 to start")
-    pids = subprocess.run(["pgrep", "-f", r"^\S*python\S* -m megatron_gatednorm\.training\.pretrain"],
-                          capture_output=True, text=True).stdout.split()  # the ranks, not srun
-    assert pids
-    os.kill(int(pids[-1]), signal.SIGKILL)
+    os.kill(_rank_pids()[-1], signal.SIGKILL)
     _wait_state(job, states=("FAILED",))
     assert (save / TRACKER).read_text().strip() == "4"
     subprocess.run(["scontrol", "requeue", job], check=True)
