@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_gatednorm.launch.argv import megatron_argv
 from megatron_gatednorm.launch.plan import build
 from megatron_gatednorm.launch.sbatch import submit
 
@@ -26,13 +28,13 @@ def test_script_header_and_resume_logic():
     s = script_of("dense2b_gatednorm", nodes=4)
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --time=04:00:00", "#SBATCH --signal=B:USR1@600", "#SBATCH --requeue",
-                 "#SBATCH --open-mode=append", "#SBATCH --output=/runs/x/logs/%x-%j.out", "#SBATCH --exclusive",
+                 "#SBATCH --open-mode=append", '#SBATCH --output="/runs/x/logs/%x-%j.out"', "#SBATCH --exclusive",
                  'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
                  "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))", "export CUDA_DEVICE_MAX_CONNECTIONS=1",
                  "SAVE=/runs/x/checkpoints", "TRAIN_ITERS=57221", "trap 'on_signal USR1' USR1",
                  '  scancel --signal=TERM "$SLURM_JOB_ID"', '  scontrol requeue "$SLURM_JOB_ID"',
                  "srun --kill-on-bad-exit=1 --ntasks-per-node=8 python3 -m megatron_gatednorm.cli preflight "
-                 "--recipe-json $RUN_DIR/recipe.json || { echo \"mgn: preflight failed\"; exit 3; }",
+                 "--recipe-json \"$RUN_DIR/recipe.json\" || { echo \"mgn: preflight failed\"; exit 3; }",
                  'srun --kill-on-bad-exit=1 --ntasks-per-node=8 python3 -m megatron_gatednorm.training.pretrain "${MEGATRON_ARGS[@]}" &',
                  "  --load", "  /runs/x/checkpoints", "  --exit-signal-handler"):
         assert line in s.splitlines(), line
@@ -74,7 +76,7 @@ def test_script_options():
     assert 'export PYTHONPATH=/opt/Megatron-LM"${PYTHONPATH:+:$PYTHONPATH}"' in lines
     train = next(l for l in lines if l.startswith("srun") and "megatron_gatednorm.training.pretrain" in l)
     assert train.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=1 --container-image=/img/mgn.sqsh "
-                            "--container-mounts=/data:/data --container-workdir=$PWD python3 -m torch.distributed.run "
+                            "--container-mounts=/data:/data --container-workdir=\"$PWD\" python3 -m torch.distributed.run "
                             "--nnodes=$SLURM_NNODES --nproc-per-node=8 --rdzv-backend=c10d")
     assert "  --wandb-project" in lines
     cpu = build("tiny", ["launch.device=cpu", "launch.gpus_per_node=2", "launch.preflight=false"], 1)[1]
@@ -164,3 +166,69 @@ def test_submit_errors_are_value_errors(tmp_path):
     failing.chmod(0o755)
     with pytest.raises(ValueError, match=r"failed \(rc 1\): sbatch: error: invalid partition specified: gpux"):
         submit(plan, script, sbatch=str(failing))
+
+
+SPECIAL_RUN_DIR = "/tmp/a b/$x"
+
+
+def _assignments(script: str) -> str:
+    """The script's top-level variable and array assignments (RUN_DIR=…, SAVE=…, MEGATRON_ARGS=(…))."""
+    out, lines, i = [], script.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith(("RUN_DIR=", "SAVE=", "TRAIN_ITERS=", "MAX_REQUEUES=")):
+            out.append(line)
+        elif line == "MEGATRON_ARGS=(":
+            j = lines.index(")", i)
+            out += lines[i:j + 1]
+            i = j
+        i += 1
+    return "\n".join(out) + "\n"
+
+
+def test_paths_with_space_and_dollar_are_quoted():
+    plan, s = build("tiny", [f"launch.run_dir={SPECIAL_RUN_DIR}", "launch.launcher=torchrun",
+                             f"launch.pythonpath={SPECIAL_RUN_DIR}/src"], 1)
+    subprocess.run(["bash", "-n"], input=s, text=True, check=True)
+    assert f'#SBATCH --output="{SPECIAL_RUN_DIR}/logs/%x-%j.out"' in s.splitlines()
+    printed = subprocess.run(["bash", "-c", _assignments(s) + 'printf "%s\\n" "$RUN_DIR" "$SAVE" "${MEGATRON_ARGS[@]}"'],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert printed[:2] == [SPECIAL_RUN_DIR, f"{SPECIAL_RUN_DIR}/checkpoints"]
+    assert printed[2:] == megatron_argv(plan)
+    assert f"{SPECIAL_RUN_DIR}/tensorboard" in printed
+    # '%' is Slurm's --output placeholder: a literal one is doubled
+    pct = build("tiny", ["launch.run_dir=/r/100%"], 1)[1]
+    assert '#SBATCH --output="/r/100%%/logs/%x-%j.out"' in pct.splitlines()
+
+
+def _stub_bin(tmp_path):
+    """srun, scontrol, scancel stubs that log their argv (one argument per line, a blank line after)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "argv.log"
+    for name in ("srun", "scontrol", "scancel"):
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/bash\n{{ echo {name}; printf "%s\\n" "$@"; echo; }} >> {shlex.quote(str(log))}\n'
+                        + ('[ "$1" = show ] && echo node1\n' if name == "scontrol" else "") + "exit 0\n")
+        stub.chmod(0o755)
+    return bin_dir, log
+
+
+def test_script_runs_with_a_special_run_dir(tmp_path):
+    """The whole script under bash with srun/scontrol/scancel stubbed: every path arrives intact."""
+    run_dir = f"{tmp_path}/a b/$x"
+    plan, s = build("tiny", [f"launch.run_dir={run_dir}"], 1)
+    bin_dir, log = _stub_bin(tmp_path)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node1"}
+    out = subprocess.run(["bash", "-c", s], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    calls = [c.splitlines() for c in log.read_text().split("\n\n") if c.strip()]
+    preflight = next(c for c in calls if c[0] == "srun" and "preflight" in c)
+    assert preflight[preflight.index("--recipe-json") + 1] == f"{run_dir}/recipe.json"
+    train = next(c for c in calls if c[0] == "srun" and "megatron_gatednorm.training.pretrain" in c)
+    assert train[train.index("megatron_gatednorm.training.pretrain") + 1:] == megatron_argv(plan)
+    assert json.loads(Path(run_dir, "recipe.json").read_text())["recipe"]["launch"]["run_dir"] == run_dir
+    assert Path(run_dir, "logs").is_dir() and Path(run_dir, "checkpoints").is_dir()
+    assert not (tmp_path / "a b" / "x").exists()  # "$x" was never expanded
+
+

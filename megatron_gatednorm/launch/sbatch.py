@@ -52,12 +52,28 @@ def _q(value) -> str:
     return shlex.quote(str(value))
 
 
+def _slurm_q(value, always: bool = False) -> str:
+    """``value`` as an ``#SBATCH`` argument: sbatch splits those lines on blanks and strips double
+    quotes (no ``$`` expansion, no escapes), so a value with a blank (or any path, ``always``) is
+    double-quoted; a double quote or a line break cannot be written there."""
+    text = str(value)
+    if '"' in text or "\n" in text or "\r" in text:
+        raise ValueError(f"invalid #SBATCH value {text!r}: contains a double quote or a line break; "
+                         "valid: a value without them")
+    return f'"{text}"' if always or any(c.isspace() for c in text) else text
+
+
+def _slurm_path(path: str) -> str:
+    """A literal path in an ``#SBATCH --output`` pattern: ``%`` is Slurm's placeholder, ``%%`` a literal."""
+    return path.replace("%", "%%")
+
+
 def header_lines(plan) -> List[str]:
     r, launch, slurm = plan.recipe, plan.recipe.launch, plan.recipe.slurm
     tasks = launch["gpus_per_node"] if launch["launcher"] == "srun" else 1
     run_dir = plan.derived["run_dir"]
     lines = [
-        f"--job-name={slurm.get('job_name') or r.name}",
+        f"--job-name={_slurm_q(slurm.get('job_name') or r.name)}",
         f"--nodes={plan.nodes}",
         f"--ntasks-per-node={tasks}",
     ]
@@ -66,18 +82,18 @@ def header_lines(plan) -> List[str]:
     if slurm.get("cpus_per_task"):
         lines.append(f"--cpus-per-task={slurm['cpus_per_task']}")
     if slurm.get("mem") is not None:
-        lines.append(f"--mem={slurm['mem']}")
-    lines.append(f"--time={slurm['time']}")
+        lines.append(f"--mem={_slurm_q(slurm['mem'])}")
+    lines.append(f"--time={_slurm_q(slurm['time'])}")
     for key in ("partition", "account", "qos"):
         if slurm.get(key):
-            lines.append(f"--{key}={slurm[key]}")
+            lines.append(f"--{key}={_slurm_q(slurm[key])}")
     if slurm.get("exclusive"):
         lines.append("--exclusive")
     lines += [
         f"--signal=B:{launch['signal']}@{int(launch['signal_lead_s'])}",
         "--requeue",
         "--open-mode=append",
-        f"--output={run_dir}/logs/%x-%j.out",
+        "--output=" + _slurm_q(f"{_slurm_path(run_dir)}/logs/%x-%j.out", always=True),
     ]
     lines += [str(x) for x in slurm.get("extra") or []]
     return [f"#SBATCH {line}" for line in lines]
@@ -91,17 +107,18 @@ def _srun_prefix(plan) -> List[str]:
     else:
         srun.append("--ntasks-per-node=1")
     if launch.get("container_image"):
-        srun.append(f"--container-image={launch['container_image']}")
+        srun.append(f"--container-image={_q(launch['container_image'])}")
         if launch.get("container_mounts"):
-            srun.append(f"--container-mounts={launch['container_mounts']}")
-        srun.append(f"--container-workdir={launch.get('container_workdir') or '$PWD'}")
+            srun.append(f"--container-mounts={_q(launch['container_mounts'])}")
+        workdir = launch.get("container_workdir")
+        srun.append(f"--container-workdir={_q(workdir)}" if workdir else '--container-workdir="$PWD"')
     return srun
 
 
 def _python_cmd(plan, module_args: List[str]) -> List[str]:
     """The per-task command: srun-native runs Python directly; torchrun starts the ranks."""
     launch = plan.recipe.launch
-    py = launch["python"]
+    py = _q(launch["python"])
     if launch["launcher"] == "srun":
         return [py] + module_args
     return [py, "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
@@ -155,11 +172,11 @@ def render(plan) -> str:
     resolved["launch"]["run_dir"] = run_dir  # absolute: ranks may start in another directory
     recipe_json = json.dumps(dict(recipe=resolved, nodes=plan.nodes,
                                   gpu_memory_gb=plan.derived["gpu_memory_gb"]), sort_keys=True)
-    entry = shlex.split(launch["entrypoint"])
+    entry = [_q(a) for a in shlex.split(launch["entrypoint"])]
     srun = " ".join(_srun_prefix(plan))
     preflight: List[str] = []
     if launch["preflight"]:
-        cmd = _python_cmd(plan, ["-m", "megatron_gatednorm.cli", "preflight", "--recipe-json", "$RUN_DIR/recipe.json"])
+        cmd = _python_cmd(plan, ["-m", "megatron_gatednorm.cli", "preflight", "--recipe-json", '"$RUN_DIR/recipe.json"'])
         preflight = [
             "# Preflight on every rank: rendezvous, layout, parameter count (fails fast, naming the rank).",
             f"{srun} {' '.join(cmd)} || {{ echo \"mgn: preflight failed\"; exit 3; }}",
