@@ -232,3 +232,24 @@ def test_script_runs_with_a_special_run_dir(tmp_path):
     assert not (tmp_path / "a b" / "x").exists()  # "$x" was never expanded
 
 
+def _mgn(args, **kw):
+    return subprocess.run([sys.executable, "-m", "megatron_gatednorm.cli", "launch"] + args, capture_output=True,
+                          text=True, cwd=kw.pop("cwd", ROOT), env={**os.environ, "PYTHONPATH": str(ROOT), **kw.pop("env", {})})
+
+
+def test_script_only_prints_exactly_the_submitted_script(tmp_path):
+    run_dir = f"{tmp_path}/a b/$x"
+    args = ["tiny", "--nodes", "1", f"launch.run_dir={run_dir}"]
+    out = _mgn(args + ["--dry-run", "--script-only"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("#!/bin/bash\n")
+    subprocess.run(["bash", "-n"], input=out.stdout, text=True, check=True)
+    assert _mgn(args + ["--script-only"]).stdout == out.stdout  # --dry-run is implied
+    assert not Path(run_dir).exists()  # a dry run writes nothing
+    _fake_sbatch(tmp_path)
+    sub = _mgn(args + ["--submit"], env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert sub.returncode == 0, sub.stderr
+    assert Path(run_dir, "sbatch", "tiny.sbatch").read_text() == out.stdout
+    bad = _mgn(args + ["--submit", "--script-only"])
+    assert bad.returncode == 2 and bad.stderr.startswith("mgn launch: error: invalid --script-only with --submit")
+    assert "--script-only" in _mgn(["--help"]).stdout

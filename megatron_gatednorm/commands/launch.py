@@ -8,10 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 
 from megatron_gatednorm.commands._common import add_recipe_dir_argument
 
 HELP = "Validate a recipe for N nodes and print (--dry-run) or submit (--submit) its sbatch script."
+EPILOG = ("--dry-run prints the derived numbers, the choices and the Megatron command as '# ' comment lines, "
+          "then the script. --script-only prints the script alone on stdout, byte-identical to what --submit "
+          "would submit (warnings go to stderr), so that "
+          "'mgn launch tiny --nodes 1 --script-only > job.sbatch && sbatch job.sbatch' works.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the script, numbers and Megatron command (default)")
     mode.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id(s)")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the derived numbers and argv as JSON")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="with --dry-run: print the derived numbers and argv as JSON")
+    out.add_argument("--script-only", action="store_true",
+                     help="with --dry-run (implied): print only the sbatch script on stdout, exactly what --submit "
+                          "would submit (warnings on stderr): mgn launch R --nodes N --script-only > job.sbatch")
+    p.epilog = EPILOG
 
 
 def run(args) -> int:
@@ -35,8 +45,16 @@ def run(args) -> int:
     from megatron_gatednorm.launch.sbatch import submit
     from megatron_gatednorm.launch.validate import check_submittable
 
+    if args.submit and (args.script_only or args.json):
+        raise ValueError(f"invalid {'--script-only' if args.script_only else '--json'} with --submit; valid: "
+                         "--dry-run --script-only, --dry-run --json, or --submit alone")
     plan, script = build(args.recipe, args.overrides, args.nodes, args.gpu_memory_gb, args.recipe_dir)
     argv = megatron_argv(plan)
+    if args.script_only:  # stdout is the script and nothing else
+        for w in plan.warnings:
+            print(f"mgn launch: warning: {w}", file=sys.stderr)
+        sys.stdout.write(script)
+        return 0
     if args.submit:
         check_submittable(plan)
         ids = submit(plan, script)
