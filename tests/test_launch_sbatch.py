@@ -253,3 +253,34 @@ def test_script_only_prints_exactly_the_submitted_script(tmp_path):
     bad = _mgn(args + ["--submit", "--script-only"])
     assert bad.returncode == 2 and bad.stderr.startswith("mgn launch: error: invalid --script-only with --submit")
     assert "--script-only" in _mgn(["--help"]).stdout
+
+
+def _snapshot(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_refused_submission_leaves_nothing_behind(tmp_path, existing):
+    work = tmp_path / "work"
+    work.mkdir()
+    run_dir = work / "runs" / "a b"
+    if existing:  # a resubmission: the run directory and an older script are there already
+        (run_dir / "sbatch").mkdir(parents=True)
+        (run_dir / "sbatch" / "tiny.sbatch").write_text("old\n")
+    before = _snapshot(work)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    refuse = bin_dir / "sbatch"
+    refuse.write_text("#!/bin/bash\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\n"
+                      "echo 'sbatch: error: second line' >&2\nexit 1\n")
+    refuse.chmod(0o755)
+    out = _mgn(["tiny", "--nodes", "1", "--submit", f"launch.run_dir={run_dir}"],
+               env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, cwd=work)
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("mgn launch: error: ") and "failed (rc 1): sbatch: error: Batch job submission " \
+        "failed: Invalid account sbatch: error: second line" in lines[0]
+    assert _snapshot(work) == before
+    if existing:
+        assert (run_dir / "sbatch" / "tiny.sbatch").read_text() == "old\n"

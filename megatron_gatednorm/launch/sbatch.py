@@ -203,15 +203,53 @@ def render(plan) -> str:
     ))
 
 
-def submit(plan, script: str, sbatch: str = "sbatch") -> List[str]:
-    """Write the script under ``$RUN_DIR/sbatch/`` and submit ``chain_jobs`` jobs, each
-    depending (afterany) on the previous one. Returns the job ids."""
-    run_dir = plan.derived["run_dir"]
-    os.makedirs(os.path.join(run_dir, "sbatch"), exist_ok=True)
-    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
-    path = os.path.join(run_dir, "sbatch", f"{plan.recipe.name}.sbatch")
+def _prepare(run_dir: str, path: str, script: str):
+    """Create the run directory's ``sbatch/`` and ``logs/`` (Slurm opens ``--output`` before the
+    script runs) and write the script; returns an undo function that puts back what was there."""
+    created: List[str] = []
+    for d in (os.path.join(run_dir, "sbatch"), os.path.join(run_dir, "logs")):
+        missing = []
+        while not os.path.isdir(d):
+            missing.append(d)
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+        for m in reversed(missing):
+            os.mkdir(m)
+            created.append(m)
+    old: Optional[bytes] = None
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            old = f.read()
     with open(path, "w") as f:
         f.write(script)
+
+    def undo() -> None:
+        if old is None:
+            os.unlink(path)
+        else:
+            with open(path, "wb") as f:
+                f.write(old)
+        for d in reversed(created):
+            try:
+                os.rmdir(d)
+            except OSError:  # not empty: something else wrote there meanwhile
+                pass
+
+    return undo
+
+
+def submit(plan, script: str, sbatch: str = "sbatch") -> List[str]:
+    """Write the script under ``$RUN_DIR/sbatch/`` (and create ``$RUN_DIR/logs/``) and submit
+    ``chain_jobs`` jobs, each depending (afterany) on the previous one. Returns the job ids.
+
+    If the first submission fails, the directories and the script file are removed again (a
+    script that was there before gets its old content back): a refused job leaves nothing behind.
+    """
+    run_dir = plan.derived["run_dir"]
+    path = os.path.join(run_dir, "sbatch", f"{plan.recipe.name}.sbatch")
+    undo = _prepare(run_dir, path, script)
     ids: List[str] = []
     previous: Optional[str] = None
     for _ in range(plan.derived["chain_jobs"]):
@@ -222,11 +260,16 @@ def submit(plan, script: str, sbatch: str = "sbatch") -> List[str]:
         try:
             out = subprocess.run(cmd, capture_output=True, text=True)
         except FileNotFoundError:
+            if not ids:
+                undo()
             raise ValueError(f"sbatch={sbatch!r} not found; valid: run --submit where Slurm's sbatch is on PATH "
                              f"(or --dry-run here)") from None
         if out.returncode != 0:
+            if not ids:
+                undo()
             done = f" (already submitted: {', '.join(ids)})" if ids else ""
-            raise ValueError(f"{' '.join(cmd)} failed (rc {out.returncode}): {out.stderr.strip()}{done}")
+            message = " ".join(out.stderr.split()) or " ".join(out.stdout.split()) or "no message"
+            raise ValueError(f"{' '.join(cmd)} failed (rc {out.returncode}): {message}{done}")
         previous = out.stdout.strip().split(";")[0]
         ids.append(previous)
     return ids
