@@ -311,11 +311,11 @@ def plan_run_dir(plan: Plan) -> None:
 
 def plan_warnings(plan: Plan) -> List[str]:
     """What the dry run warns about (the job may still be rendered)."""
-    launch, m = plan.recipe.launch, plan.megatron
+    m = plan.megatron
     warnings = []
-    if "megatron_gatednorm.training.pretrain" in str(launch["entrypoint"]) and not launch.get("megatron_lm_path"):
-        warnings.append("launch.megatron_lm_path is unset: megatron_gatednorm.training.pretrain imports Megatron-LM's "
-                        "pretrain_gpt.py, which must then be importable on the nodes (container or PYTHONPATH)")
+    if m.get("no_check_for_nan_in_loss_and_grad"):
+        warnings.append("megatron.no_check_for_nan_in_loss_and_grad=true: Megatron's NaN/Inf check is off, so "
+                        "non-finite losses will no longer stop training")
     if not m.get("mock_data") and not m.get("data_path"):
         warnings.append("megatron.data_path is unset and mock_data is off: set data_path=<prefix> "
                         "(required by --submit)")
