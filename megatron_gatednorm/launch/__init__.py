@@ -4,7 +4,10 @@ Megatron, so ``mgn launch`` runs on a login node.
 One concern per module:
 
 * :mod:`.recipes` — YAML recipes with ``base:`` inheritance, ``+`` overlays and ``key=value``
-  overrides (type coercion, unknown keys rejected with close matches);
+  overrides (type coercion, unknown keys rejected with close matches); the ``launch:``/``slurm:``
+  sections are the dataclasses ``LaunchSection``/``SlurmSection``, and every section is checked;
+* :mod:`.megatron_flags` — the valid ``megatron:`` keys (megatron.training 0.19.2's flags, shipped
+  as ``megatron_0_19_2_flags.txt``) and their value types, choices and ranges;
 * :mod:`.validate` — parallel layout, batch, sequence, token budget → iterations, parameter
   counts, runtime and chained jobs; every error is a ValueError naming the field and what would fit;
 * :mod:`.memory` — the per-GPU memory estimate (weights, gradients, optimizer, activations) and

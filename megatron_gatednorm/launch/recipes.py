@@ -35,53 +35,111 @@ import dataclasses
 import difflib
 import importlib.resources
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
 SECTIONS = ("megatron", "gatednorm", "launch", "slurm", "env")
 TOP_KEYS = ("base", "description", "paper_model", "layouts", "choices") + SECTIONS
 
-# Launcher settings and their defaults (a recipe's ``launch:`` section overrides them).
-LAUNCH_DEFAULTS: Dict[str, Any] = dict(
-    gpus_per_node=8,            # ranks per node (one per GPU)
-    device="cuda",              # cuda | cpu (cpu: no GPU request, gloo; for smoke tests)
-    launcher="srun",            # srun (one task per GPU) | torchrun (one task per node)
-    train_tokens=None,          # token budget → train_iters (unless megatron.train_iters is set)
-    parameter_parity=True,      # lower the FFN width so the variant has the baseline's params
-    gpu_memory_gb=80.0,         # memory per GPU the estimate is checked against
-    activation_memory_factor=1.0,  # scale on the activation estimate (calibrate per cluster)
-    run_dir="runs/{name}",      # checkpoints, logs, tensorboard; relative → to the cwd
-    python="python3",           # interpreter on the compute nodes
-    entrypoint="-m megatron_gatednorm.training.pretrain",
-    preflight=True,             # run `mgn preflight` on every rank before training
-    megatron_lm_path=None,      # optional: Megatron-LM checkout on PYTHONPATH (megatron-core < 0.17 only)
-    pythonpath=None,            # extra PYTHONPATH entries (e.g. this checkout)
-    container_image=None,       # pyxis/enroot image (.sqsh path or registry ref)
-    container_mounts=None,      # "src:dst,src:dst"
-    container_workdir=None,
-    signal="USR1",              # sent to the batch shell before the time limit …
-    signal_lead_s=600,          # … this many seconds ahead (Slurm may send it up to 60 s early)
-    max_requeues=20,            # requeue after a signalled save at most this many times
-    chain_jobs="auto",          # dependent jobs (afterany): auto = estimated hours / time limit
-    tflops_per_gpu=300.0,       # effective throughput for the runtime estimate (H100 bf16)
-    wandb_project=None,         # set → --wandb-project/--wandb-exp-name (needs WANDB_API_KEY)
-    wandb_exp_name=None,
-)
+def _setting(default, doc: str = "", *, choices: Tuple[Any, ...] = (), min: Optional[float] = None,
+             max: Optional[float] = None):
+    """A section field: its default and what the check accepts (``choices``, ``min``/``max``)."""
+    meta = dict(choices=choices, min=min, max=max)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
-SLURM_DEFAULTS: Dict[str, Any] = dict(
-    job_name=None,              # default: the recipe name
-    time="04:00:00",
-    partition=None,
-    account=None,
-    qos=None,
-    exclusive=True,
-    cpus_per_task=None,         # default: 16 // ranks? left to the cluster when None
-    mem=None,                   # e.g. "0" for all node memory
-    extra=[],                   # raw "#SBATCH" arguments, e.g. ["--exclude=node[1-2]"]
-)
+
+@dataclass
+class LaunchSection:
+    """The ``launch:`` section: launcher settings. The defaults here are the only ones; a recipe's
+    ``launch:`` overrides them. Each field's docstring: meaning, type, valid values."""
+
+    gpus_per_node: int = _setting(8, min=1)
+    """Ranks per node, one per GPU. int >= 1."""
+    device: str = _setting("cuda", choices=("cuda", "cpu"))
+    """cuda or cpu (cpu: no GPU request, gloo; for smoke tests). str, one of cuda, cpu."""
+    launcher: str = _setting("srun", choices=("srun", "torchrun"))
+    """srun (one task per GPU) or torchrun (one task per node). str, one of srun, torchrun."""
+    train_tokens: Optional[float] = _setting(None, min=1)
+    """Token budget → ``train_iters`` (unless ``megatron.train_iters`` is set). number >= 1, or null."""
+    parameter_parity: bool = _setting(True)
+    """Lower the FFN width so the variant has the baseline's parameter count. bool."""
+    gpu_memory_gb: float = _setting(80.0, min=0)
+    """Memory per GPU the estimate is checked against, GiB. number > 0."""
+    activation_memory_factor: float = _setting(1.0, min=0)
+    """Scale on the activation-memory estimate (calibrate per cluster). number >= 0."""
+    run_dir: str = _setting("runs/{name}")
+    """Checkpoints, logs, TensorBoard; ``{name}`` is the recipe name; relative → to the cwd. str (a path)."""
+    python: str = _setting("python3")
+    """Interpreter on the compute nodes. str (a command or path)."""
+    entrypoint: str = _setting("-m megatron_gatednorm.training.pretrain")
+    """What the interpreter runs (split like a shell would). str."""
+    preflight: bool = _setting(True)
+    """Run ``mgn preflight`` on every rank before training. bool."""
+    megatron_lm_path: Optional[str] = _setting(None)
+    """Optional: a Megatron-LM checkout prepended to PYTHONPATH, only for a megatron-core without
+    ``megatron.training`` (< 0.17). str (a path) or null."""
+    pythonpath: Optional[str] = _setting(None)
+    """Extra PYTHONPATH entries (e.g. this checkout). str or null."""
+    container_image: Optional[str] = _setting(None)
+    """pyxis/enroot image (.sqsh path or registry reference). str or null."""
+    container_mounts: Optional[str] = _setting(None)
+    """pyxis mounts, ``src:dst,src:dst``. str or null."""
+    container_workdir: Optional[str] = _setting(None)
+    """Working directory in the container (null: the submission directory). str or null."""
+    signal: str = _setting("USR1")
+    """Signal sent to the batch shell before the time limit (Slurm name without SIG). str."""
+    signal_lead_s: int = _setting(600, min=0)
+    """… this many seconds ahead (Slurm may send it up to 60 s early). int >= 0, < slurm.time."""
+    max_requeues: int = _setting(20, min=0)
+    """Requeue after a signalled save at most this many times. int >= 0."""
+    chain_jobs: Union[int, str] = _setting("auto", choices=("auto",))
+    """Dependent jobs (afterany): ``auto`` = estimated hours / time limit. auto or an int >= 1 (the
+    range is checked with the runtime estimate)."""
+    tflops_per_gpu: float = _setting(300.0, min=0)
+    """Effective throughput for the runtime estimate, TFLOP/s (H100 bf16: 300). number > 0."""
+    wandb_project: Optional[str] = _setting(None)
+    """Set → ``--wandb-project``/``--wandb-exp-name`` (needs WANDB_API_KEY on the nodes). str or null."""
+    wandb_exp_name: Optional[str] = _setting(None)
+    """W&B run name (null: the recipe name). str or null."""
+
+
+@dataclass
+class SlurmSection:
+    """The ``slurm:`` section: sbatch fields (defaults here only)."""
+
+    job_name: Optional[str] = _setting(None)
+    """``--job-name`` (null: the recipe name). str or null."""
+    time: str = _setting("04:00:00")
+    """``--time``: MM, HH:MM:SS or D-HH:MM:SS (quote it in YAML: 04:00:00 unquoted is a number). str."""
+    partition: Optional[str] = _setting(None)
+    """``--partition``. str or null."""
+    account: Optional[str] = _setting(None)
+    """``--account``. str or null."""
+    qos: Optional[str] = _setting(None)
+    """``--qos``. str or null."""
+    exclusive: bool = _setting(True)
+    """``--exclusive`` (whole nodes). bool."""
+    cpus_per_task: Optional[int] = _setting(None, min=1)
+    """``--cpus-per-task`` (null: the cluster's default). int >= 1 or null."""
+    mem: Optional[Union[str, int]] = _setting(None)
+    """``--mem``, e.g. "0" for all of a node's memory. str, int or null."""
+    extra: List[str] = _setting([])
+    """Raw ``#SBATCH`` arguments, e.g. ["--exclude=node[1-2]"]. list of str."""
+
+
+def section_defaults(cls) -> Dict[str, Any]:
+    """``{field: default}`` of a section dataclass (a fresh copy)."""
+    return dataclasses.asdict(cls())
+
+
+SECTION_CLASSES = {"launch": LaunchSection, "slurm": SlurmSection}
 
 
 RECIPE_DIR_ENV = "MGN_RECIPE_DIR"
@@ -195,10 +253,54 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _read(path, root, dirs, sources: List[str], depth: int = 0) -> dict:
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, but a mapping with a key twice is an error (yaml keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: yaml's own error below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path) -> Any:
+    """A recipe file's YAML (duplicate keys refused); ValueError ``invalid YAML in <file> line N: <problem>``."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        context = getattr(e, "context", None)
+        if context and "duplicate" not in problem:
+            problem = f"{' '.join(str(context).split())}: {problem}"
+        raise ValueError(f"invalid YAML in {path}{where}: {problem}") from None
+
+
+def _note_origins(data: dict, path, origins: Dict[str, str]) -> None:
+    """Record ``section.key`` (and ``layouts.N.key``) → the file that set it."""
+    for section in SECTIONS:
+        if isinstance(data.get(section), dict):
+            for key in data[section]:
+                origins[f"{section}.{key}"] = str(path)
+    if isinstance(data.get("layouts"), dict):
+        for n, layout in data["layouts"].items():
+            for key in (layout if isinstance(layout, dict) else {}):
+                origins[f"layouts.{n}.{key}"] = str(path)
+
+
+def _read(path, root, dirs, sources: List[str], depth: int = 0, origins: Optional[Dict[str, str]] = None) -> dict:
     if depth > 8:
         raise ValueError(f"invalid base in {path}: inheritance deeper than 8 (a cycle?)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"invalid recipe file {path}: top level must be a mapping")
     for key in data:
@@ -211,7 +313,13 @@ def _read(path, root, dirs, sources: List[str], depth: int = 0) -> dict:
     merged: dict = {}
     if data.get("base"):
         base_path, base_root = _find(str(data["base"]), dirs, first=(path.parent, root))
-        merged = _read(base_path, base_root, dirs, sources, depth + 1)
+        merged = _read(base_path, base_root, dirs, sources, depth + 1, origins)
+    for key in SECTIONS + ("layouts", "choices"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ValueError(f"invalid {key} in {path}: expected a mapping (key: value lines), got "
+                             f"{type(data[key]).__name__}")
+    if origins is not None:
+        _note_origins(data, path, origins)
     sources.append(str(path))
     body = {k: v for k, v in data.items() if k != "base"}
     if "layouts" in body:  # a recipe's layouts replace the base's whole table
@@ -245,18 +353,19 @@ def load_recipe(spec: str, overrides: Sequence[str] = (), nodes: Optional[int] =
         raise ValueError(f"invalid recipe={spec!r}: empty")
     dirs = search_dirs(recipe_dirs)
     sources: List[str] = []
-    data = _read(*_find(parts[0], dirs), dirs, sources)
+    origins: Dict[str, str] = {}
+    data = _read(*_find(parts[0], dirs), dirs, sources, origins=origins)
     for overlay in parts[1:]:
-        body = _read(*_find(overlay, dirs), dirs, sources)
+        body = _read(*_find(overlay, dirs), dirs, sources, origins=origins)
         if "layouts" in body:
             data.pop("layouts", None)
         data = _merge(data, body)
     sections = {s: dict(data.get(s) or {}) for s in SECTIONS}
-    sections["launch"] = {**LAUNCH_DEFAULTS, **sections["launch"]}
-    sections["slurm"] = {**SLURM_DEFAULTS, **sections["slurm"]}
+    for name, cls in SECTION_CLASSES.items():
+        sections[name] = {**section_defaults(cls), **sections[name]}
     _check_gatednorm_keys(sections["gatednorm"], "recipe")
-    _check_keys(sections["launch"], LAUNCH_DEFAULTS, "launch", "recipe")
-    _check_keys(sections["slurm"], SLURM_DEFAULTS, "slurm", "recipe")
+    for name, cls in SECTION_CLASSES.items():
+        _check_keys(sections[name], section_defaults(cls), name, "recipe")
     name = "+".join(Path(p).stem for p in parts)
     recipe = Recipe(
         name=name,
@@ -270,10 +379,121 @@ def load_recipe(spec: str, overrides: Sequence[str] = (), nodes: Optional[int] =
         **sections,
     )
     if nodes is not None:  # the layout's parallel settings, then the overrides on top
-        recipe.megatron.update(select_layout(recipe, nodes))
+        layout = select_layout(recipe, nodes)
+        n = max(k for k in recipe.layouts if k <= nodes) if layout else None
+        for key in layout:
+            origins[f"megatron.{key}"] = origins.get(f"layouts.{n}.{key}", "layouts")
+        recipe.megatron.update(layout)
     for item in overrides:
         apply_override(recipe, item)
+        key = item.split("=", 1)[0].strip()
+        for where in [key] + [f"{s}.{key}" for s in SECTIONS]:
+            origins[where] = f"override {item}"
+    check_recipe(recipe, origins)
     return recipe
+
+
+def _origin(origins: Dict[str, str], key: str) -> str:
+    return origins.get(key) or "the defaults"
+
+
+def _field_error(key: str, value: Any, origin: str, problem: str) -> ValueError:
+    """``invalid key=value<problem> (in <file>)``; ``problem`` starts with ``: `` or ``; valid: ``."""
+    return ValueError(f"invalid {key}={value!r}{problem} (in {origin})")
+
+
+def _check_typed(section_name: str, values: Dict[str, Any], cls, origins: Dict[str, str]) -> None:
+    """Each value of a ``launch:``/``slurm:`` section against its dataclass field: type, choices, range."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, value = f"{section_name}.{f.name}", values.get(f.name)
+        problem = _typed_problem(value, hints[f.name], f.metadata)
+        if problem:
+            raise _field_error(key, value, _origin(origins, key), problem)
+
+
+def _type_name(tp) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is Union:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if typing.get_origin(tp) in (list, List):
+        return f"a list of {_type_name(args[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _typed_problem(value: Any, tp, meta) -> Optional[str]:
+    """None if ``value`` fits type ``tp`` and the field's ``choices``/``min``/``max``, else the problem."""
+    choices, lo, hi = meta.get("choices") or (), meta.get("min"), meta.get("max")
+    bounds = (f" >= {lo:g}" if lo is not None else "") + (f" <= {hi:g}" if hi is not None else "")
+    valid = " or ".join([", ".join(map(str, choices))] * bool(choices) + [_type_name(tp) + bounds])
+    only_choices = choices and int not in typing.get_args(tp)
+    if typing.get_origin(tp) is Union and type(None) in typing.get_args(tp) and value is None:
+        return None
+    alternatives = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is Union else [tp]
+    for alt in alternatives:
+        if alt is bool and isinstance(value, bool):
+            return None
+        if typing.get_origin(alt) in (list, List):
+            if isinstance(value, list) and all(isinstance(x, str) for x in value):
+                return None
+            continue
+        if alt is str and isinstance(value, str):
+            if only_choices and value not in choices:
+                return f"; valid: {', '.join(map(str, choices))}"
+            if choices and value not in choices and not value.strip().isdigit():
+                continue
+            return None
+        if alt in (int, float) and not isinstance(value, bool):
+            number = value
+            if isinstance(value, str):  # YAML reads 1e9 as a string; Megatron-style parsing
+                try:
+                    number = alt(value)
+                except ValueError:
+                    continue
+            if alt is int and not (isinstance(number, int) or (isinstance(value, str) and number == int(number))):
+                continue
+            if alt is float and not isinstance(number, (int, float)):
+                continue
+            if (lo is not None and number < lo) or (hi is not None and number > hi):
+                return f": must be{bounds}"
+            return None
+    return f": expected {_type_name(tp)}; valid: {valid}"
+
+
+def _check_megatron(key_prefix: str, values: Dict[str, Any], flags, origins: Dict[str, str]) -> None:
+    from megatron_gatednorm.launch.megatron_flags import check_value, unknown_flag_hint
+
+    for name, value in values.items():
+        key = f"{key_prefix}.{name}"
+        origin = _origin(origins, key)
+        if name not in flags:
+            raise ValueError(f"invalid {key}: not a Megatron-LM flag (in {origin}); {unknown_flag_hint(name, flags)}")
+        problem = check_value(name, value, flags[name])
+        if problem:
+            raise _field_error(key, value, origin, problem)
+
+
+def check_recipe(recipe: Recipe, origins: Optional[Dict[str, str]] = None) -> None:
+    """Every section before anything is rendered: ``megatron:`` (and each layout) keys are Megatron
+    flags (:mod:`.megatron_flags`: the shipped megatron.training 0.19.2 list, no Megatron import) with
+    values its parser accepts; ``launch:``/``slurm:`` values fit their dataclass fields; ``env:`` names
+    are environment variable names. Raises ValueError ``invalid <section.key>=<value> (in <file>): …``."""
+    from megatron_gatednorm.launch.megatron_flags import known_flags
+
+    origins = origins or {}
+    flags = known_flags()
+    _check_megatron("megatron", recipe.megatron, flags, origins)
+    for n, layout in recipe.layouts.items():
+        _check_megatron(f"layouts.{n}", layout, flags, origins)
+    for name, cls in SECTION_CLASSES.items():
+        _check_typed(name, getattr(recipe, name), cls, origins)
+    for name, value in recipe.env.items():
+        origin = _origin(origins, f"env.{name}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+            raise ValueError(f"invalid env.{name}: not an environment variable name (in {origin}); valid: "
+                             "letters, digits and _, not starting with a digit")
+        if isinstance(value, (dict, list)):
+            raise _field_error(f"env.{name}", value, origin, ": expected a string, number, true/false or null")
 
 
 def _check_keys(section: dict, valid: dict, section_name: str, where: str) -> None:

@@ -262,7 +262,7 @@ def train_iters_for_budget(m: Dict[str, Any], launch: Dict[str, Any], tokens_per
 def plan_memory(plan: Plan, gpu_memory_gb: Optional[float]) -> None:
     """The memory estimate (:mod:`.memory`) into ``plan.derived``; on CUDA, checked against the GPU."""
     launch, derived = plan.recipe.launch, plan.derived
-    # launch keys always carry recipes.LAUNCH_DEFAULTS (load_recipe merges them): index, don't re-default
+    # launch keys always carry recipes.LaunchSection's defaults (load_recipe merges them): index, don't re-default
     factor = derived["activation_memory_factor"] = float(launch["activation_memory_factor"])
     derived["memory_gib"] = memory_estimate(plan.megatron, plan.shape, plan.norm_config, derived["world_size"],
                                             derived["num_microbatches"], factor)
