@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from megatron_gatednorm.checkpoint.errors import CheckpointError
+from megatron_gatednorm.checkpoint.errors import CheckpointError, capped_listing
 
 MANIFEST = ".mgn-manifest.json"
 TOOL = "megatron-gatednorm"
-_SHOWN = 8  # files named in one message
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
@@ -45,12 +44,6 @@ def _files(folder: Path) -> List[str]:
             if rel != MANIFEST:
                 out.append(rel)
     return out
-
-
-def _listing(names: Iterable[str]) -> str:
-    names = list(names)
-    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-    return ", ".join(names[:_SHOWN]) + more
 
 
 def write_manifest(folder, kind: str) -> Path:
@@ -105,11 +98,11 @@ def verify_manifest(folder, used: Iterable[str] = ()) -> bool:
     unlisted = sorted(set(used) - set(files))
     problems = []
     if changed:
-        problems.append(f"changed since they were written (size or sha256 differs): {_listing(changed)}")
+        problems.append(f"changed since they were written (size or sha256 differs): {capped_listing(changed)}")
     if missing:
-        problems.append(f"missing: {_listing(missing)}")
+        problems.append(f"missing: {capped_listing(missing)}")
     if unlisted:
-        problems.append(f"not written with the folder (not in {MANIFEST}): {_listing(unlisted)}")
+        problems.append(f"not written with the folder (not in {MANIFEST}): {capped_listing(unlisted)}")
     if problems:
         raise CheckpointError(
             f"{folder}: files do not match {MANIFEST}: " + "; ".join(problems)
@@ -133,6 +126,6 @@ def check_replaceable(folder) -> None:
     extra = sorted(set(_files(folder)) - set(record["files"]))
     if extra:
         raise CheckpointError(
-            f"{folder}: holds files mgn did not write ({_listing(extra)}); --overwrite would delete them: "
+            f"{folder}: holds files mgn did not write ({capped_listing(extra)}); --overwrite would delete them: "
             "move them away or choose another --out"
         )

@@ -25,6 +25,7 @@ import torch
 
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.checkpoint import Arch, CheckpointError, Tensors
+from megatron_gatednorm.checkpoint.errors import capped_listing
 from megatron_gatednorm.model_shape import ModelShape
 
 HF_CODE_DIR = Path(__file__).resolve().parent.parent / "hf"
@@ -448,11 +449,6 @@ def config_from_dict(cfg: dict, where: str = "config.json"):
         raise CheckpointError(f"{where}: {e}") from None
 
 
-def _capped(items: list, limit: int) -> str:
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def shape_mismatch(got: Dict[str, Tuple[int, ...]], expected: Dict[str, Tuple[int, ...]], limit: int = 8) -> Optional[str]:
     """What differs between tensor names/shapes ``got`` and ``expected`` (missing, unexpected,
     wrong shape; each list capped at ``limit`` names), or None if they agree."""
@@ -462,9 +458,9 @@ def shape_mismatch(got: Dict[str, Tuple[int, ...]], expected: Dict[str, Tuple[in
              for k in sorted(set(got) & set(expected), key=_natural) if tuple(got[k]) != tuple(expected[k])]
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing: {_capped(missing, limit)}")
+        parts.append(f"{len(missing)} missing: {capped_listing(missing, limit)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {_capped(unexpected, limit)}")
+        parts.append(f"{len(unexpected)} unexpected: {capped_listing(unexpected, limit)}")
     if wrong:
-        parts.append(f"{len(wrong)} of the wrong shape: {_capped(wrong, limit)}")
+        parts.append(f"{len(wrong)} of the wrong shape: {capped_listing(wrong, limit)}")
     return "; ".join(parts) or None
