@@ -17,10 +17,13 @@ What it patches (megatron-core 0.16.1 and 0.19.x):
   entered in the backward pass of full activation recompute, where modes are otherwise off);
 * MoE: split sizes become numpy arrays as they would on GPU; ``te_general_gemm = None``
   on 0.16.1 where it is otherwise undefined without Transformer Engine;
-* Gated DeltaNet (0.16.1, only where ``fla`` is not importable): fla's Triton kernels
+* Gated DeltaNet (only where ``fla`` is not importable): fla's Triton kernels
   (``chunk_gated_delta_rule``, ``l2norm``) are GPU-only, so they become megatron-core's own
   torch reference ``torch_chunk_gated_delta_rule`` (what ``deterministic_mode`` runs) and
-  ``x / sqrt(sum(x²) + 1e-6)`` (fla's l2norm); the depthwise conv already falls back to torch.
+  ``x / sqrt(sum(x²) + 1e-6)`` (fla's l2norm). 0.16.1 (module ``ssm/gated_delta_net.py``)
+  already falls back to torch for the depthwise conv; 0.19.x (package ``ssm/gated_delta_net/``,
+  ``common.py`` + ``gdn.py``) also imports fla's ``causal_conv1d``, which becomes the same
+  depthwise ``F.conv1d`` + SiLU that its ``deterministic_mode`` runs.
 
 :func:`apply_pretrain_cpu_shim` adds what ``megatron.training.pretrain`` (0.19) needs (``mgn train``
 on CPU): ``initialize_megatron(allow_no_cuda=True)``, one visible "device" while Megatron sets up
@@ -140,17 +143,57 @@ def _l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(dim=dim, keepdim=True) + eps)
 
 
+def _causal_conv1d(x, weight, bias=None, activation=None, initial_state=None,
+                   output_final_state=False, cu_seqlens=None):
+    """fla's ``causal_conv1d`` (``x``: [b, s, d], ``weight``: [d, w]) as a depthwise torch conv,
+    the computation megatron-core 0.19's ``GatedDeltaNet`` runs itself in ``deterministic_mode``
+    (``F.conv1d`` + the activation); only what that call site uses (no state, no packing)."""
+    if initial_state is not None or output_final_state or cu_seqlens is not None:
+        raise NotImplementedError(
+            "megatron_gatednorm.cpu_shim's causal_conv1d has no initial/final state or cu_seqlens "
+            "(packed sequences): install fla on a GPU for those"
+        )
+    width = weight.shape[-1]
+    y = torch.nn.functional.conv1d(
+        x.transpose(1, 2), weight.unsqueeze(1), bias, padding=width - 1, groups=weight.shape[0]
+    )[..., : x.shape[1]]
+    if activation in ("silu", "swish"):
+        y = torch.nn.functional.silu(y)
+    elif activation is not None:
+        raise NotImplementedError(f"causal_conv1d activation={activation!r}")
+    return y.transpose(1, 2), None
+
+
 def _patch_gated_delta_net() -> None:
+    """fla's GPU kernels → megatron-core's torch reference, only where fla is not importable.
+
+    0.16.x: one module ``megatron.core.ssm.gated_delta_net`` (its conv already falls back to
+    torch). 0.19.x: a package whose ``common`` module imports fla (``HAVE_FLA``, ``l2norm``,
+    ``causal_conv1d``, ``chunk_gated_delta_rule``) and whose ``gdn`` module binds
+    ``causal_conv1d`` / ``chunk_gated_delta_rule`` by name at import: both are patched.
+    """
     try:
         from megatron.core.ssm import gated_delta_net as gdn
     except ImportError:
         return
-    # 0.16.x layout only; newer releases keep the module's own fla requirement (clear ImportError)
     if getattr(gdn, "HAVE_FLA", True) or not hasattr(gdn, "torch_chunk_gated_delta_rule"):
         return
-    gdn.l2norm = _l2norm
-    gdn.chunk_gated_delta_rule = gdn.torch_chunk_gated_delta_rule
-    gdn.HAVE_FLA = True
+    modules = [gdn]
+    if hasattr(gdn, "__path__"):  # 0.19.x package layout
+        import importlib
+
+        modules = [gdn] + [
+            importlib.import_module(f"{gdn.__name__}.{name}") for name in ("common", "gdn")
+        ]
+    for module in modules:
+        if hasattr(module, "l2norm"):
+            module.l2norm = _l2norm
+        if hasattr(module, "chunk_gated_delta_rule"):
+            module.chunk_gated_delta_rule = gdn.torch_chunk_gated_delta_rule
+        if hasattr(module, "causal_conv1d"):
+            module.causal_conv1d = _causal_conv1d
+        if hasattr(module, "HAVE_FLA"):
+            module.HAVE_FLA = True
 
 
 @contextlib.contextmanager
