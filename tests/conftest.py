@@ -85,3 +85,21 @@ def slurm():
         pytest.skip(f"Slurm could not start: {e}")
     yield
     sc.stop(started)
+
+
+@pytest.fixture
+def te_spec_assembly(monkeypatch):
+    """Assemble (not build) Transformer Engine specs without TE: Megatron's TE wrapper classes
+    import fine, only the spec helpers gate them on TE being installed."""
+    from megatron.core.extensions.transformer_engine import TENorm
+    from megatron.core.extensions import transformer_engine_spec_provider as te_provider
+    from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    monkeypatch.setattr(te_provider, "is_te_min_version", lambda *a, **k: True)
+    monkeypatch.setattr(gpt_layer_specs, "is_te_min_version", lambda *a, **k: True)
+    monkeypatch.setattr(gpt_layer_specs, "TESpecProvider", TESpecProvider, raising=False)
+    monkeypatch.setattr(gpt_layer_specs, "TENorm", TENorm, raising=False)
+    from megatron_gatednorm import specs
+
+    monkeypatch.setattr(specs, "HAVE_TE", True)

@@ -194,22 +194,6 @@ def test_paper_2b_gatednorm_overhead_and_parity():
     assert parity_ffn(shape, NormConfig(variant="preaffine")).width == 6143
 
 
-@pytest.fixture
-def te_spec_assembly(monkeypatch):
-    """Assemble (not build) Transformer Engine specs without TE: Megatron's TE wrapper classes
-    import fine, only the spec helpers gate them on TE being installed."""
-    from megatron.core.extensions.transformer_engine import TENorm
-    from megatron.core.extensions import transformer_engine_spec_provider as te_provider
-    from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
-    from megatron.core.models.gpt import gpt_layer_specs
-
-    monkeypatch.setattr(te_provider, "is_te_min_version", lambda *a, **k: True)
-    monkeypatch.setattr(gpt_layer_specs, "is_te_min_version", lambda *a, **k: True)
-    monkeypatch.setattr(gpt_layer_specs, "TESpecProvider", TESpecProvider, raising=False)
-    monkeypatch.setattr(gpt_layer_specs, "TENorm", TENorm, raising=False)
-    monkeypatch.setattr(specs, "HAVE_TE", True)
-
-
 def test_transformer_engine_spec_unfuses_replaced_norms(te_spec_assembly):
     from megatron.core.extensions.transformer_engine import (
         TEColumnParallelLinear, TELayerNormColumnParallelLinear, TENorm,
