@@ -141,8 +141,10 @@ def test_dp2_signal_saves_requeues_resumes_as_uninterrupted_and_a_finished_run_s
     assert "mgn preflight: OK tiny+cpu: world 2 (tp 1 pp 1 ep 1 dp 2)" in text, text[-3000:]
     # Megatron's own save-on-signal, then the script's requeue and the rerun's resume
     first, rerun = text.split(f"mgn: job {job} restart 1 ")
-    saved = int(re.findall(r"saving checkpoint at iteration +(\d+)", first)[-1])
-    assert 4 <= saved < ITERS and "exiting program after receiving SIGTERM." in first, first[-3000:]
+    saves = re.findall(r"saving checkpoint at iteration +(\d+)", first)
+    assert saves and "exiting program after receiving SIGTERM." in first, "no save on the signal:\n" + first[-3000:]
+    saved = int(saves[-1])
+    assert 4 <= saved < ITERS
     assert f"mgn: requeueing job {job}" in first
     assert f"mgn: resuming from {plan.megatron['save']} (latest_checkpointed_iteration={saved})" in rerun
     assert re.search(rf"successfully loaded checkpoint from {re.escape(plan.megatron['save'])} .*at iteration {saved}",
