@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from megatron_gatednorm.user_input import OneLineArgumentParser
+
 # Commands with their own complete argument parser: ``mgn NAME ...`` calls ``module.main(argv)``.
 PASSTHROUGH = {
     "small-train": "megatron_gatednorm.training.small_trainer",
@@ -30,7 +32,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mgn", description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="mgn", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in PASSTHROUGH.items():
         sub.add_parser(name, help=f"(own flags: mgn {name} --help)", add_help=False)
@@ -49,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]])
         if getattr(module, "PASSTHROUGH", False):  # `mgn train <Megatron flags>`: Megatron parses them
-            return module.run(argparse.Namespace(command=argv[0], megatron_args=argv[1:])) or 0
+            return _run(module.run, argparse.Namespace(command=argv[0], megatron_args=argv[1:]))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (mgn launch R --nodes 4 lr=1e-3): argparse leaves
@@ -58,10 +60,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.overrides = list(args.overrides or []) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return _run(args._run, args)
+
+
+def _run(run, args) -> int:
+    """``run(args)``; a ``ValueError`` (a user error, raised where the input is read, naming it) is
+    one line on stderr and exit 2. Any other exception is an internal error: its traceback stays."""
     try:
-        return args._run(args) or 0
+        return run(args) or 0
     except ValueError as e:  # user errors: one clear line, no traceback
-        print(f"mgn {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split("\n")).strip() or type(e).__name__
+        print(f"mgn {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

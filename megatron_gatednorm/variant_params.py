@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from megatron_gatednorm.model_shape import ModelShape
-from megatron_gatednorm.norm_config import NormConfig
+from megatron_gatednorm.norm_config import VARIANTS, NormConfig
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ def variant_params(shape: ModelShape, variants: Sequence[str], rank: int, build:
     meta-device counts where :func:`can_build`. An unknown variant raises ``ValueError``."""
     from megatron_gatednorm.parity import count_params, parity_ffn
 
+    if not variants:
+        raise ValueError(f"--variants is empty; valid choices: {', '.join(VARIANTS)}")
     built = build and can_build(shape)
     baseline = count_params(shape)["total"]
     rows = []

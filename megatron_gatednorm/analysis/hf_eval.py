@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -29,9 +30,12 @@ def is_megatron_checkpoint(path) -> bool:
 @contextlib.contextmanager
 def hf_folder(path) -> Iterator[Path]:
     """``path`` itself for an HF folder; a temporary conversion for a Megatron checkpoint."""
+    from megatron_gatednorm.user_input import existing_dir
+
+    existing_dir(path, "checkpoint", "checkpoint folder")
     if not is_megatron_checkpoint(path):
         if not (Path(path) / "config.json").exists():
-            raise ValueError(f"{path}: neither a Hugging Face folder (config.json) nor a Megatron checkpoint")
+            raise ValueError(f"checkpoint {path}: neither a Hugging Face folder (config.json) nor a Megatron checkpoint")
         yield Path(path)
         return
     from megatron_gatednorm.convert.to_hf import convert_to_hf
@@ -42,14 +46,62 @@ def hf_folder(path) -> Iterator[Path]:
         yield out
 
 
+def read_hf_config(folder) -> dict:
+    """``config.json`` of an HF folder; a ``ValueError`` naming it when it is missing or corrupted."""
+    from megatron_gatednorm.user_input import read_json
+
+    config = read_json(Path(folder) / "config.json", "checkpoint config")
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint config {Path(folder) / 'config.json'}: expected a JSON object")
+    return config
+
+
+DEFAULT_SEQ_LENGTH = 256
+
+
+def evaluation_seq_length(config: dict, seq_length: Optional[int], command: str) -> int:
+    """The window length to evaluate with: ``seq_length`` if given (refused above the model's
+    ``max_position_embeddings``), else :data:`DEFAULT_SEQ_LENGTH` clipped to the model's positions
+    (with a one-line note on stderr when clipped)."""
+    positions = config.get("max_position_embeddings")
+    if seq_length is not None:
+        if isinstance(positions, int) and seq_length > positions:
+            raise ValueError(f"--seq-length={seq_length} is longer than the model's max_position_embeddings="
+                             f"{positions}; use --seq-length {positions} or less")
+        return seq_length
+    if isinstance(positions, int) and positions < DEFAULT_SEQ_LENGTH:
+        print(f"mgn {command}: note: --seq-length defaults to {positions}, the model's max_position_embeddings "
+              f"(not {DEFAULT_SEQ_LENGTH})", file=sys.stderr)
+        return positions
+    return DEFAULT_SEQ_LENGTH
+
+
+def check_token_ids(windows: torch.Tensor, config: dict, data) -> None:
+    """Refuse data whose token ids do not fit the model's vocabulary (tokenized for another model)."""
+    vocab = config.get("vocab_size")
+    top = int(windows.max()) if windows.numel() else 0
+    if isinstance(vocab, int) and top >= vocab:
+        raise ValueError(f"--data {data}: token id {top} >= the model's vocab_size={vocab}; the data was tokenized "
+                         "for another model: build it with this model's tokenizer (mgn data --tokenizer)")
+
+
 def load_hf_model(folder, dtype=torch.float32, device: str = "cpu"):
     """The model of an HF folder, eager attention (so attention maps can be returned)."""
     import megatron_gatednorm.hf  # noqa: F401  (registers the GatedNorm architecture)
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=dtype, attn_implementation="eager", trust_remote_code=False,
-    )
+    read_hf_config(folder)  # a corrupted config.json is named, not a transformers traceback
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, attn_implementation="eager", trust_remote_code=False,
+        )
+    except Exception as e:  # noqa: BLE001  (the folder's files: missing, truncated, corrupted weights)
+        if type(e).__name__ not in ("OSError", "SafetensorError", "ValueError", "EnvironmentError", "KeyError",
+                                    "HeaderTooLarge", "JSONDecodeError", "UnicodeDecodeError", "RuntimeError"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"checkpoint {folder}: cannot load the model ({type(e).__name__}: {first}); its files are "
+                         "missing, truncated or corrupted: convert or download it again") from None
     return model.to(device).eval()
 
 

@@ -96,6 +96,42 @@ def ordinary_permissions(folder) -> None:
             os.chmod(p, (0o777 if executable else 0o666) & ~mask)
 
 
+def check_output_parents(out) -> None:
+    """Refuse an output whose nearest existing parent is a file (nothing could be created there)."""
+    out = Path(out)
+    for parent in out.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise CheckpointError(f"{out}: {parent} is a file, not a folder; choose another output")
+            return
+
+
+@contextlib.contextmanager
+def files_into(out, last: Optional[str] = None) -> Iterator[Path]:
+    """Yield a temporary sibling of folder ``out``; on success move its files into ``out`` (created
+    if missing: then the whole folder is renamed), each file replaced whole and ``last`` moved
+    last; on error delete it. A killed run leaves no partial file under ``out``, and its temporary
+    folder is removed by the next run (:func:`remove_leftovers`)."""
+    out = Path(out)
+    check_output_parents(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.mgn-tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        yield tmp
+        ordinary_permissions(tmp)
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        names = sorted(os.listdir(tmp), key=lambda n: (n == last, n))
+        for name in names:
+            os.replace(tmp / name, out / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out, overwrite: bool = False, kind: Optional[str] = None) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; rename it to ``out`` on success, delete it on error.
@@ -104,6 +140,7 @@ def atomic_output_dir(out, overwrite: bool = False, kind: Optional[str] = None) 
     (:func:`~.manifest.check_replaceable`). With ``kind`` the finished folder gets an integrity
     manifest of every file in it."""
     out = Path(out)
+    check_output_parents(out)
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise CheckpointError(f"{out}: output folder already exists (pass --overwrite to replace it)")

@@ -15,7 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="HF folder or Megatron checkpoint folder")
     p.add_argument("--data", required=True, type=Path, help="held-out .bin/.idx prefix (mgn data)")
     p.add_argument("--out", required=True, type=Path, help="folder for outliers.json and the figures")
-    p.add_argument("--seq-length", type=int, default=256)
+    p.add_argument("--seq-length", type=int, default=None,
+                   help="window length (default: 256, or the model's max_position_embeddings if shorter; "
+                        "longer than the model's positions is refused)")
     p.add_argument("--num-sequences", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--top-k", type=int, default=8, help="residual-sink dimensions to report")

@@ -18,7 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="held-out .bin/.idx prefix (mgn data)")
     p.add_argument("--settings", default=DEFAULT_SETTINGS,
                    help="comma-separated schemes (nvfp4, int4, int8), '+sq' adds SmoothQuant")
-    p.add_argument("--seq-length", type=int, default=256)
+    p.add_argument("--seq-length", type=int, default=None,
+                   help="window length (default: 256, or the model's max_position_embeddings if shorter; "
+                        "longer than the model's positions is refused)")
     p.add_argument("--num-sequences", type=int, default=16, help="evaluation windows")
     p.add_argument("--calib-sequences", type=int, default=8,
                    help="SmoothQuant calibration windows (taken after the evaluation windows)")

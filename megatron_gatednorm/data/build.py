@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -56,7 +58,9 @@ def build_datasets(
     anything is written) for ``heldout`` without ``input``, a missing input file, a ``vocab_size``
     below 260, an ``out`` that is, contains or lies inside an input, and an existing ``out`` that
     is not empty — unless ``replace``, which deletes a dataset folder (cache included) first."""
-    from megatron_gatednorm.checkpoint.atomic_dir import check_outside_inputs
+    from megatron_gatednorm.checkpoint.atomic_dir import (check_output_parents, check_outside_inputs, ordinary_permissions,
+                                                         remove_leftovers)
+    from megatron_gatednorm.user_input import at_least, existing_file
     from megatron_gatednorm.data.corpus import build_corpus, read_texts
     from megatron_gatednorm.data.indexed import write_indexed_dataset
     from megatron_gatednorm.data.tokenizer import TextTokenizer, train_bpe
@@ -65,44 +69,64 @@ def build_datasets(
     counts = None
     if input is None and heldout is not None:
         raise ValueError("--heldout needs --input")
-    for path in (input, heldout):
-        if path is not None and not Path(path).exists():
-            raise ValueError(f"input file {path} does not exist")
+    for flag, path in (("--input", input), ("--heldout", heldout)):
+        if path is not None:
+            if not Path(path).exists():
+                raise ValueError(f"input file {path} does not exist")
+            existing_file(path, flag)
     if tokenizer is None and vocab_size < 260:
         raise ValueError(f"invalid --vocab-size={vocab_size}: a byte-level BPE needs >= 260")
-    check_outside_inputs(out, {"--input": input, "--heldout": heldout, "--tokenizer": tokenizer})
-    _clear_output(out, replace)
     if input is None:
-        counts = build_corpus(out / "corpus", doc_chars=doc_chars, max_works=max_works)
-        splits = {"train": out / "corpus" / "train.jsonl", "heldout": out / "corpus" / "heldout.jsonl"}
-    else:
-        splits = {"train": input}
-        if heldout is not None:
-            splits["heldout"] = heldout
-    tok_dir = out / "tokenizer"
-    if tokenizer is not None:
-        tok = TextTokenizer(tokenizer)
-        if Path(tokenizer).resolve() != tok_dir.resolve():
-            shutil.copytree(tokenizer, tok_dir, dirs_exist_ok=True)
-    else:
-        tok = train_bpe(read_texts(splits["train"]), vocab_size, tok_dir)
-    manifest = dict(tokenizer=str(tok_dir), vocab_size=tok.vocab_size, eod=tok.eod, splits={})
-    for split, path in splits.items():
-        manifest["splits"][split] = write_indexed_dataset(read_texts(path), tok, out / f"{split}_text_document")
-    manifest["dataset_id"] = _dataset_id(manifest)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        at_least(doc_chars, 1, "--doc-chars")
+        at_least(max_works, 0, "--max-works")
+    check_outside_inputs(out, {"--input": input, "--heldout": heldout, "--tokenizer": tokenizer})
+    check_output_parents(out)
+    _clear_output(out, replace, delete=False)
+    tok = TextTokenizer(tokenizer) if tokenizer is not None else None  # checked before anything is written
+    # built in a temporary sibling renamed to --out at the end: a failed or killed run leaves no
+    # partial dataset under --out (the next run removes the sibling of a killed one)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.mgn-tmp-{os.getpid()}-", dir=out.parent))
+    try:
+        if input is None:
+            counts = build_corpus(tmp / "corpus", doc_chars=doc_chars, max_works=max_works)
+            splits = {"train": tmp / "corpus" / "train.jsonl", "heldout": tmp / "corpus" / "heldout.jsonl"}
+        else:
+            splits = {"train": input}
+            if heldout is not None:
+                splits["heldout"] = heldout
+        if tok is not None:
+            shutil.copytree(tokenizer, tmp / "tokenizer", dirs_exist_ok=True)
+        else:
+            tok = train_bpe(read_texts(splits["train"]), vocab_size, tmp / "tokenizer")
+        manifest = dict(tokenizer=str(out / "tokenizer"), vocab_size=tok.vocab_size, eod=tok.eod, splits={})
+        for split, path in splits.items():
+            info = write_indexed_dataset(read_texts(path), tok, tmp / f"{split}_text_document")
+            manifest["splits"][split] = dict(info, prefix=str(out / f"{split}_text_document"))
+        manifest["dataset_id"] = _dataset_id(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        ordinary_permissions(tmp)
+        if out.exists():
+            _clear_output(out, replace)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return BuiltData(manifest=manifest, corpus_counts=counts)
 
 
-def _clear_output(out: Path, replace: bool) -> None:
-    """Refuse a non-empty ``out`` (one line naming the fix), or with ``replace`` delete it if it
-    holds only what :func:`build_datasets` writes."""
+def _clear_output(out: Path, replace: bool, delete: bool = True) -> None:
+    """Refuse a non-empty ``out`` (one line naming the fix), or with ``replace`` delete it (unless
+    not ``delete``: only check) if it holds only what :func:`build_datasets` writes."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder; choose another --out")
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
+        if delete:
+            out.rmdir()
         return
     what = "a dataset (data.json)" if MANIFEST in entries else f"{len(entries)} entries"
     if not replace:
@@ -113,7 +137,8 @@ def _clear_output(out: Path, replace: bool) -> None:
         shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
         raise ValueError(f"--out {out} holds files mgn data did not write ({shown}); --replace would delete "
                          "them: move them away or choose another --out")
-    shutil.rmtree(out)
+    if delete:
+        shutil.rmtree(out)
 
 
 def _dataset_id(manifest: dict) -> str:

@@ -106,13 +106,19 @@ def read_texts(path: Path) -> Iterator[str]:
     """Documents of a ``.jsonl`` (its ``text`` field) or a plain-text file (one per blank-line
     separated block)."""
     path = Path(path)
-    if path.suffix == ".jsonl":
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError) as e:
-                        raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e})") from None
-    else:
-        yield from passages(path.read_text(), doc_chars=2000)
+    try:
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            text = json.loads(line)["text"]
+                        except (json.JSONDecodeError, KeyError, TypeError) as e:
+                            raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e})") from None
+                        if not isinstance(text, str):
+                            raise ValueError(f"{path}:{n}: the 'text' field is {type(text).__name__}, expected a string")
+                        yield text
+        else:
+            yield from passages(path.read_text(encoding="utf-8"), doc_chars=2000)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8 or check it is not corrupted") from None

@@ -20,14 +20,25 @@ class TextTokenizer:
     def __init__(self, folder):
         from tokenizers import Tokenizer
 
+        from megatron_gatednorm.user_input import read_json
+
         folder = Path(folder)
         model = folder / "tokenizer.json"
+        if not folder.is_dir():
+            raise ValueError(f"invalid tokenizer folder {folder}: " + ("no such folder" if not folder.exists() else
+                                                                       "it is a file; expected a folder"))
         if not model.exists():
             raise ValueError(f"invalid tokenizer folder {folder}: no tokenizer.json in it")
         self.folder = folder
-        self._tok = Tokenizer.from_file(str(model))
+        try:
+            self._tok = Tokenizer.from_file(str(model))
+        except Exception as e:  # noqa: BLE001  (tokenizers raises a bare Exception for a bad file)
+            raise ValueError(f"invalid tokenizer folder {folder}: {model.name} cannot be read "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); it is corrupted or truncated") from None
         config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        config = read_json(config_path, "tokenizer config") if config_path.exists() else {}
+        if not isinstance(config, dict):
+            raise ValueError(f"tokenizer config {config_path}: expected a JSON object")
         eos = config.get("eos_token", EOD)
         eos = eos["content"] if isinstance(eos, dict) else eos
         self.eod = self._tok.token_to_id(eos)

@@ -55,11 +55,13 @@ def run_experiment(out: Path, size: str, variants: Sequence[str], seed: int = 12
     from megatron_gatednorm.parity import padded_vocab
     from megatron_gatednorm.quant.evaluate import evaluate_checkpoint
     from megatron_gatednorm.training.small_trainer import train
+    from megatron_gatednorm.user_input import check_output_dir
 
     progress = progress or Progress()
     spec = experiment_size(size)
     check_variants(variants)
     out = Path(out)
+    check_output_dir(out, "--out")
     data = out / "data"
     t0 = time.time()
     if not (data / MANIFEST).exists():

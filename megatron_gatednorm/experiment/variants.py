@@ -20,7 +20,9 @@ VARIANTS: Dict[str, List[str]] = {
 
 
 def check_variants(names: Sequence[str]) -> None:
-    """Raise ``ValueError`` for a name that is not a key of :data:`VARIANTS`."""
+    """Raise ``ValueError`` for a name that is not a key of :data:`VARIANTS`, or for no name."""
+    if not names:
+        raise ValueError(f"--variants is empty; valid choices: {', '.join(VARIANTS)}")
     for n in names:
         if n not in VARIANTS:
             raise ValueError(f"invalid variant {n!r}; valid choices: {', '.join(VARIANTS)}")

@@ -14,10 +14,16 @@ DEFAULT_SETTINGS = "nvfp4,nvfp4+sq,int4,int4+sq,int8"
 
 
 def check_settings(settings: Sequence[str]) -> None:
-    """Raise ``ValueError`` for a setting whose suffix is not ``+sq``."""
+    """Raise ``ValueError`` for a setting whose suffix is not ``+sq`` or whose scheme is unknown."""
+    from megatron_gatednorm.quant.fake_quant import SCHEMES
+
+    if not settings:
+        raise ValueError(f"--settings is empty: give one or more of {', '.join(SCHEMES)} (each optionally +sq)")
     for setting in settings:
         if setting.partition("+")[2] not in ("", "sq"):
             raise ValueError(f"invalid setting {setting!r}: valid forms are SCHEME or SCHEME+sq")
+        if setting.partition("+")[0] not in SCHEMES:
+            raise ValueError(f"invalid setting {setting!r}: unknown scheme; valid schemes: {', '.join(SCHEMES)}")
 
 
 def evaluate_settings(model, settings: Sequence[str], windows, calib, alpha: float = 0.5,
@@ -48,7 +54,7 @@ def evaluate_checkpoint(
     checkpoint: Path,
     data: Path,
     settings: List[str],
-    seq_length: int = 256,
+    seq_length: Optional[int] = None,
     num_sequences: int = 16,
     calib_sequences: int = 8,
     alpha: float = 0.5,
@@ -58,18 +64,37 @@ def evaluate_checkpoint(
 ) -> dict:
     """:func:`evaluate_settings` for a checkpoint (an HF folder, or a Megatron checkpoint converted
     on the fly) on the held-out dataset ``data`` (a .bin/.idx prefix): ``num_sequences`` evaluation
-    windows of ``seq_length`` tokens, then ``calib_sequences`` calibration windows.
+    windows of ``seq_length`` tokens, then ``calib_sequences`` calibration windows. ``seq_length``
+    defaults to 256 clipped to the model's ``max_position_embeddings`` (a note on stderr when
+    clipped); a longer one is refused.
 
     Returns (and writes to ``json_path`` when given) ``checkpoint``, ``perplexity`` and ``delta``
     (per setting, minus the unquantized perplexity), ``seq_length``, ``num_sequences``, ``alpha``
     and ``quantize_gates``."""
-    from megatron_gatednorm.analysis.hf_eval import hf_folder, load_hf_model
-    from megatron_gatednorm.data.windows import token_windows
+    from megatron_gatednorm.analysis.hf_eval import (check_token_ids, evaluation_seq_length, hf_folder, load_hf_model,
+                                                     read_hf_config)
+    from megatron_gatednorm.data.windows import open_indexed_dataset, token_windows
+    from megatron_gatednorm.user_input import at_least, check_output_file
 
-    check_settings(settings)  # before the conversion and the data reads
-    windows = token_windows(data, seq_length, num_sequences + calib_sequences)
-    evaluation, calib = windows[:num_sequences], windows[num_sequences:]
+    # every input checked before the conversion and the data reads
+    check_settings(settings)
+    at_least(num_sequences, 1, "--num-sequences")
+    at_least(calib_sequences, 1 if any(s.endswith("+sq") for s in settings) else 0, "--calib-sequences")
+    at_least(batch_size, 1, "--batch-size")
+    if seq_length is not None:
+        at_least(seq_length, 2, "--seq-length")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--alpha={alpha}: expected a number in [0, 1]")
+    if json_path is not None:
+        check_output_file(json_path, "--json", {"checkpoint": checkpoint, "--data": Path(str(data) + ".bin"),
+                                                "--data index": Path(str(data) + ".idx")})
+    open_indexed_dataset(data)
     with hf_folder(checkpoint) as folder:
+        config = read_hf_config(folder)
+        seq_length = evaluation_seq_length(config, seq_length, "quant")
+        windows = token_windows(data, seq_length, num_sequences + calib_sequences)
+        check_token_ids(windows, config, data)
+        evaluation, calib = windows[:num_sequences], windows[num_sequences:]
         model = load_hf_model(folder)
         ppl = evaluate_settings(model, settings, evaluation, calib, alpha, quantize_gates, batch_size)
     base = ppl["baseline"]
@@ -77,7 +102,7 @@ def evaluate_checkpoint(
                   seq_length=seq_length, num_sequences=num_sequences, alpha=alpha,
                   quantize_gates=quantize_gates)
     if json_path:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=1))
+        from megatron_gatednorm.user_input import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(result, indent=1))
     return result

@@ -27,7 +27,6 @@ module (``mgn launch`` builds the whole ``mgn`` parser) stays torch-free.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -54,11 +53,22 @@ def load_plan(recipe_json: Optional[str] = None, recipe: Optional[str] = None, o
     from megatron_gatednorm.launch.recipes import Recipe, load_recipe
     from megatron_gatednorm.launch.validate import make_plan
 
+    from megatron_gatednorm.user_input import read_json
+
     if recipe_json:
-        with open(recipe_json) as f:
-            data = json.load(f)
-        resolved = Recipe.from_dict(data["recipe"])
-        return make_plan(resolved, int(data["nodes"]), data.get("gpu_memory_gb"))
+        data = read_json(recipe_json, "--recipe-json")
+        if not isinstance(data, dict) or "recipe" not in data or "nodes" not in data:
+            raise ValueError(f"--recipe-json {recipe_json}: expected the recipe.json an mgn launch job writes "
+                             "(keys 'recipe' and 'nodes')")
+        try:
+            resolved = Recipe.from_dict(data["recipe"])
+            nodes = int(data["nodes"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"--recipe-json {recipe_json}: not a resolved recipe ({type(e).__name__}: {e}); "
+                             "use the recipe.json mgn launch wrote") from None
+        return make_plan(resolved, nodes, data.get("gpu_memory_gb"))
+    if nodes is not None and nodes < 1:
+        raise ValueError(f"--nodes={nodes}: expected a number >= 1")
     if not recipe or not nodes:
         raise ValueError("preflight needs --recipe-json PATH, or --recipe NAME and --nodes N")
     loaded = load_recipe(recipe, overrides, nodes=nodes, recipe_dirs=recipe_dirs or ())

@@ -121,9 +121,67 @@ def _use_prebuilt_dataset_helpers() -> None:
     utils.compile_helpers = lambda: None
 
 
+INSTALL_MEGATRON_TRAINING = (
+    "install megatron-core >= 0.17 (it ships megatron.training: pip install 'megatron-core>=0.17'), or put a "
+    "Megatron-LM checkout on PYTHONPATH (megatron-core 0.16)")
+
+
+def _megatron_training_missing() -> Optional[str]:
+    """Why ``megatron.training`` cannot be imported, or None when it can."""
+    try:
+        import megatron.training  # noqa: F401
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _plugin_help() -> str:
+    """``mgn train --help`` where megatron.training is missing: the plugin's flags and what to install."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mgn train", add_help=False, usage="mgn train <Megatron-LM flags> [plugin flags]",
+        description="Megatron-LM's pretrain() with the plugin's layer specs; every argument goes to Megatron-LM's "
+                    "parser. Megatron-LM's own flags are listed by 'mgn train --help' once megatron.training "
+                    f"is importable; here it is not: {INSTALL_MEGATRON_TRAINING}.")
+    add_train_args(parser)
+    return parser.format_help()
+
+
+def _megatron_help() -> str:
+    """Megatron-LM's parser with the plugin's flags, formatted. A help string with a bare ``%``
+    (megatron-core 0.19.2 has one) is escaped instead of failing the whole help."""
+    import argparse
+
+    from megatron.training.arguments import add_megatron_arguments
+
+    parser = argparse.ArgumentParser(prog="mgn train", description="Megatron-LM Arguments (+ megatron-gatednorm)",
+                                     allow_abbrev=False)
+    parser = add_train_args(add_megatron_arguments(parser))
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.help and action.help is not argparse.SUPPRESS:
+            try:
+                formatter._expand_help(action)
+            except (ValueError, TypeError, KeyError):
+                action.help = action.help.replace("%", "%%")
+    return parser.format_help()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
+    wants_help = any(a in ("-h", "--help") for a in sys.argv[1:])
+    missing = _megatron_training_missing()
+    if missing:
+        if wants_help:
+            print(_plugin_help(), end="")
+            return 0
+        raise ValueError(f"mgn train needs megatron.training, which cannot be imported ({missing}); "
+                         f"{INSTALL_MEGATRON_TRAINING}")
+    if wants_help:  # Megatron's flags and the plugin's; no device needed
+        print(_megatron_help(), end="")
+        return 0
     torch_env_from_slurm()
     device = _check_device()
     if "--distributed-backend" not in sys.argv:  # the collectives follow the device: gloo for CPU tensors

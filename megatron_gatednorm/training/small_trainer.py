@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from megatron_gatednorm.norm_flags import add_gatednorm_args
+from megatron_gatednorm.user_input import OneLineArgumentParser
 from megatron_gatednorm.model_shape import add_flags, flags_from_extras, flags_from_shape
 
 # Production flags with no effect on this trainer's math (accepted, reported as ignored).
@@ -54,7 +55,7 @@ _DEFAULTS = dict(normalization="RMSNorm", position_embedding_type="rope")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mgn small-train", description=__doc__.split("\n")[0])
+    p = OneLineArgumentParser(prog="mgn small-train", description=__doc__.split("\n")[0])
     g = p.add_argument_group("model", "Megatron-LM's model flags (megatron_gatednorm.model_shape.MEGATRON_FLAGS)")
     add_flags(g, defaults=_DEFAULTS)
     g.add_argument("--seq-length", type=int, required=True)
