@@ -254,7 +254,12 @@ def _resume(args, model, optimizer, log) -> int:
         if args.load:
             log(dict(event="no_checkpoint", load=args.load))
         return 0
-    iteration = int((Path(args.load) / TRACKER).read_text().strip())
+    text = (Path(args.load) / TRACKER).read_text().strip()
+    try:
+        iteration = int(text)
+    except ValueError:
+        raise ValueError(f"--load {args.load}: {TRACKER} holds {text!r}, not an iteration number; the checkpoint "
+                         "is corrupted: fix or remove that file") from None
     load_megatron_checkpoint(model, args.load)
     rank_state = _rank_state_path(args.load, iteration, dist.get_rank())
     if not rank_state.exists():
@@ -469,9 +474,38 @@ def _due(interval: Optional[int], iteration: int) -> bool:
     return bool(interval) and iteration % interval == 0
 
 
+def check_inputs(args) -> None:
+    """The files and numbers of the command line, before any process group or model: a
+    ``ValueError`` naming the flag (one line through ``mgn small-train``, exit 2)."""
+    from megatron_gatednorm.user_input import at_least, check_output_dir, existing_dir
+
+    for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--seq-length", "--micro-batch-size",
+                 "--global-batch-size", "--tensor-model-parallel-size", "--expert-model-parallel-size"):
+        at_least(getattr(args, flag[2:].replace("-", "_")), 1, flag)
+    at_least(args.train_iters, 0, "--train-iters")
+    if args.lr < 0:
+        raise ValueError(f"--lr={args.lr}: expected a number >= 0")
+    if not args.mock_data:
+        from megatron_gatednorm.data.windows import open_indexed_dataset
+
+        for flag, paths in (("--data-path", args.data_path), ("--valid-data-path", args.valid_data_path)):
+            for prefix in paths or ():
+                try:
+                    float(prefix)  # a blend weight
+                except ValueError:
+                    open_indexed_dataset(prefix, flag)
+    if args.save:
+        check_output_dir(args.save, "--save", contains=False)
+    if args.load and Path(args.load).exists():
+        existing_dir(args.load, "--load", "checkpoint folder")
+    if args.data_cache_path:
+        check_output_dir(args.data_cache_path, "--data-cache-path", contains=False)
+
+
 def train(argv: Optional[List[str]] = None) -> dict:
     """Run the trainer; returns the final summary (also logged)."""
     args = build_parser().parse_args(argv)
+    check_inputs(args)
     run = _setup(args)
     log, summary = run.log, run.summary
     flag = _SignalFlag(args.exit_signal_handler)
