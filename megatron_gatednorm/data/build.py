@@ -104,7 +104,7 @@ def build_datasets(
         for split, path in splits.items():
             info = write_indexed_dataset(read_texts(path), tok, tmp / f"{split}_text_document")
             manifest["splits"][split] = dict(info, prefix=str(out / f"{split}_text_document"))
-        manifest["dataset_id"] = _dataset_id(manifest)
+        manifest["dataset_id"] = _dataset_id(manifest, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         ordinary_permissions(tmp)
         if out.exists():
@@ -141,12 +141,14 @@ def _clear_output(out: Path, replace: bool, delete: bool = True) -> None:
         shutil.rmtree(out)
 
 
-def _dataset_id(manifest: dict) -> str:
+def _dataset_id(manifest: dict, folder: Optional[Path] = None) -> str:
     """16 hex digits identifying the dataset's contents: sha256 over each split's name, .idx
-    bytes and .bin size."""
+    bytes and .bin size (the files read in ``folder`` when given, else at the recorded prefixes)."""
     h = hashlib.sha256()
     for split in sorted(manifest["splits"]):
         prefix = Path(manifest["splits"][split]["prefix"])
+        if folder is not None:
+            prefix = Path(folder) / prefix.name
         idx, binary = Path(str(prefix) + ".idx"), Path(str(prefix) + ".bin")
         h.update(f"{split}\0{binary.stat().st_size}\0".encode())
         h.update(hashlib.sha256(idx.read_bytes()).digest())

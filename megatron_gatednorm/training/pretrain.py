@@ -128,8 +128,10 @@ INSTALL_MEGATRON_TRAINING = (
 
 def _megatron_training_missing() -> Optional[str]:
     """Why ``megatron.training`` cannot be imported, or None when it can."""
+    import importlib
+
     try:
-        import megatron.training  # noqa: F401
+        importlib.import_module("megatron.training")
     except ImportError as e:
         return f"{type(e).__name__}: {e}"
     return None
