@@ -186,10 +186,9 @@ def _patch_gated_delta_net() -> None:
             importlib.import_module(f"{gdn.__name__}.{name}") for name in ("common", "gdn")
         ]
     for module in modules:
-        if hasattr(module, "l2norm"):
-            module.l2norm = _l2norm
-        if hasattr(module, "chunk_gated_delta_rule"):
-            module.chunk_gated_delta_rule = gdn.torch_chunk_gated_delta_rule
+        # set even where absent: without fla, 0.16's module never bound these names it calls
+        module.l2norm = _l2norm
+        module.chunk_gated_delta_rule = gdn.torch_chunk_gated_delta_rule
         if hasattr(module, "causal_conv1d"):
             module.causal_conv1d = _causal_conv1d
         if hasattr(module, "HAVE_FLA"):
