@@ -354,12 +354,16 @@ def test_mgn_train_help_works_without_megatron_training():
 
 
 def test_mgn_train_user_errors_are_one_line(tmp_path):
-    """Without megatron.training: one line saying what to install. With it, on a node without
-    CUDA and MGN_DEVICE=cuda: one line naming the device problem. Either way exit 2."""
-    proc = _mgn_subprocess("train", "--num-layers", "2", env=dict(MGN_DEVICE="cuda", CUDA_VISIBLE_DEVICES=""))
-    err = [line for line in proc.stderr.splitlines() if "mgn train: error:" in line]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(err) == 1, proc.stderr[-3000:]
-    assert ("megatron.training" in err[0]) if not _has_megatron_training() else ("MGN_DEVICE" in err[0]), err
+    """On a node without CUDA and MGN_DEVICE=cuda: one line naming the device problem (checked
+    first). On CPU without megatron.training: one line saying what to install. Exit 2 each."""
+    cases = [(dict(MGN_DEVICE="cuda", CUDA_VISIBLE_DEVICES=""), "MGN_DEVICE=cuda")]
+    if not _has_megatron_training():
+        cases.append((dict(MGN_DEVICE="cpu"), "megatron.training"))
+    for env, named in cases:
+        proc = _mgn_subprocess("train", "--num-layers", "2", env=env)
+        err = [line for line in proc.stderr.splitlines() if "mgn train: error:" in line]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(err) == 1, proc.stderr[-3000:]
+        assert named in err[0], err
 
 
 # -- killed mid-write ---------------------------------------------------------------------------------

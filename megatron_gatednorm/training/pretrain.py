@@ -173,19 +173,15 @@ def _megatron_help() -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
-    wants_help = any(a in ("-h", "--help") for a in sys.argv[1:])
     missing = _megatron_training_missing()
-    if missing:
-        if wants_help:
-            print(_plugin_help(), end="")
-            return 0
-        raise ValueError(f"mgn train needs megatron.training, which cannot be imported ({missing}); "
-                         f"{INSTALL_MEGATRON_TRAINING}")
-    if wants_help:  # Megatron's flags and the plugin's; no device needed
-        print(_megatron_help(), end="")
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):  # no device needed
+        print(_plugin_help() if missing else _megatron_help(), end="")
         return 0
     torch_env_from_slurm()
-    device = _check_device()
+    device = _check_device()  # a broken CUDA node is named first, before anything else is needed
+    if missing:
+        raise ValueError(f"mgn train needs megatron.training, which cannot be imported ({missing}); "
+                         f"{INSTALL_MEGATRON_TRAINING}")
     if "--distributed-backend" not in sys.argv:  # the collectives follow the device: gloo for CPU tensors
         sys.argv += ["--distributed-backend", backend(device)]
     if device == "cpu":
