@@ -108,19 +108,30 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-def _rank_pids() -> list:
-    """PIDs of the training ranks: processes running ``python -m megatron_gatednorm.training.pretrain``
-    whose parent is not one (srun's command line does not start with python; a rank's forked
-    workers — data loading, async checkpoint writers — have a rank as parent)."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    procs = {}
-    for line in out.splitlines():
-        pid, ppid, args = line.strip().split(None, 2)
-        if re.match(r"\S*python\S* -m megatron_gatednorm\.training\.pretrain", args):
-            procs[int(pid)] = int(ppid)
-    ranks = sorted(pid for pid, ppid in procs.items() if ppid not in procs)
-    assert len(ranks) == 2, procs
-    return ranks
+def _rank_pids(timeout_s: float = 10.0) -> list:
+    """PIDs of the two training ranks: processes whose command line is ``python -m
+    megatron_gatednorm.training.pretrain …`` and whose parent is not one (a rank's forked workers —
+    data loading, async checkpoint writers — have a rank as parent; srun is not python). Read from
+    /proc, polled until both ranks are seen."""
+    deadline = time.time() + timeout_s
+    while True:
+        procs = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                argv = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+                ppid = int(Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if (len(argv) > 2 and os.path.basename(argv[0]).startswith(b"python") and argv[1] == b"-m"
+                    and argv[2] == b"megatron_gatednorm.training.pretrain"):
+                procs[int(entry)] = ppid
+        ranks = sorted(pid for pid, ppid in procs.items() if ppid not in procs)
+        if len(ranks) == 2 or time.time() > deadline:
+            assert len(ranks) == 2, procs
+            return ranks
+        time.sleep(0.05)
 
 
 def _consumed(final_line: str) -> int:
@@ -187,6 +198,7 @@ def test_tp2_sp_signal_during_startup_then_kill9_during_a_save(slurm, tmp_path, 
     time.sleep(2)
     _wait_state(job)
     rerun = _read(log).split(f"mgn: job {job} restart 2 ")[1]
+    assert f"mgn: moving the incomplete save {save}/iter_0000008 aside" in rerun, rerun[:3000]
     assert re.search(r"successfully loaded checkpoint from .* at iteration 4", rerun), rerun[-3000:]
     assert (save / TRACKER).read_text().strip() == str(ITERS)
     straight, straight_final = uninterrupted("tp2_sp")
