@@ -75,13 +75,7 @@ def check_output_file(path, flag: str, inputs: Optional[Mapping[str, object]] = 
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{flag} {path} is a folder; expected a file name")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise ValueError(f"{flag} {path}: {parent} is not writable")
-            break
+    _check_parent_writable(p, flag, path)
     _check_not_over_inputs(p, flag, inputs)
     return p
 
@@ -93,6 +87,13 @@ def check_output_dir(path, flag: str, inputs: Optional[Mapping[str, object]] = N
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{flag} {path} is a file; expected a folder")
+    _check_parent_writable(p, flag, path)
+    _check_not_over_inputs(p, flag, inputs, folder=contains)
+    return p
+
+
+def _check_parent_writable(p: Path, flag: str, path) -> None:
+    """The nearest existing parent of ``p`` is a folder this process may write into."""
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -100,8 +101,6 @@ def check_output_dir(path, flag: str, inputs: Optional[Mapping[str, object]] = N
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise ValueError(f"{flag} {path}: {parent} is not writable")
             break
-    _check_not_over_inputs(p, flag, inputs, folder=contains)
-    return p
 
 
 def _check_not_over_inputs(out: Path, flag: str, inputs, folder: bool = False) -> None:

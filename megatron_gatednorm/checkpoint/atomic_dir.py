@@ -106,6 +106,14 @@ def check_output_parents(out) -> None:
             return
 
 
+def _temp_sibling(out: Path) -> Path:
+    """A fresh ``.NAME.mgn-tmp-<pid>-*`` folder beside ``out`` (its parents created), after removing
+    those that killed runs left (:func:`remove_leftovers`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.mgn-tmp-{os.getpid()}-", dir=out.parent))
+
+
 @contextlib.contextmanager
 def files_into(out, last: Optional[str] = None) -> Iterator[Path]:
     """Yield a temporary sibling of folder ``out``; on success move its files into ``out`` (created
@@ -114,9 +122,7 @@ def files_into(out, last: Optional[str] = None) -> Iterator[Path]:
     folder is removed by the next run (:func:`remove_leftovers`)."""
     out = Path(out)
     check_output_parents(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.mgn-tmp-{os.getpid()}-", dir=out.parent))
+    tmp = _temp_sibling(out)
     try:
         yield tmp
         ordinary_permissions(tmp)
@@ -145,9 +151,7 @@ def atomic_output_dir(out, overwrite: bool = False, kind: Optional[str] = None) 
         if not overwrite:
             raise CheckpointError(f"{out}: output folder already exists (pass --overwrite to replace it)")
         check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.mgn-tmp-{os.getpid()}-", dir=out.parent))
+    tmp = _temp_sibling(out)
     try:
         yield tmp
         ordinary_permissions(tmp)
