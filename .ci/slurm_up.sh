@@ -43,7 +43,14 @@ if ! alive /run/munge/munged.pid munged; then
 fi
 munge -n | unmunge >/dev/null
 
-# slurm.conf from slurmd -C (CPU topology) and MemAvailable
+# slurm.conf from slurmd -C (CPU topology) and MemAvailable.
+# proctrack/pgid: a step's processes are its tasks' process groups, so a killed rank's orphans
+#   (megatron-core's spawned checkpoint-queue Manager and resource tracker) die with the step, as
+#   under a cluster's proctrack/cgroup; linuxproc loses them once orphaned, they keep the step's
+#   output open and slurmstepd waits 60 s before abandoning it.
+# KillWait < MessageTimeout: slurmd answers a step's SIGTERM-then-SIGKILL request only after
+#   KillWait; were that longer than MessageTimeout, slurmctld would retry the request later and
+#   the retry would cancel the requeued job's step of the same id (seen with 30 s / 10 s).
 mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /etc/slurm
 topo=$(slurmd -C | head -1 | grep -o 'CPUs=[0-9]* Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' | sed 's/Boards=[0-9]* //')
 mem=$(awk '/MemAvailable/ {printf "%d", $2/1024*0.9}' /proc/meminfo)
@@ -67,7 +74,7 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -80,7 +87,8 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 InactiveLimit=0
-KillWait=30
+KillWait=5
+MessageTimeout=30
 MinJobAge=300
 Waittime=0
 MailProg=/bin/true

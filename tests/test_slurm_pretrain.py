@@ -58,11 +58,11 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def _wait_state(job, states=("COMPLETED",), timeout_s=600):
+def _wait_state(job, log: Path, states=("COMPLETED",), timeout_s=600):
     final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
     info = sc.wait_for(lambda: (lambda i: i if i.get("JobState") in final else None)(sc.job_info(job)),
                        timeout_s=timeout_s, what=f"job {job} to end")
-    assert info["JobState"] in states, info
+    assert info["JobState"] in states, (info, _read(log)[-6000:])
     return info
 
 
@@ -146,7 +146,7 @@ def test_dp2_signal_saves_requeues_resumes_as_uninterrupted_and_a_finished_run_s
     plan, job, log = _submit(tmp_path / "run")
     _wait_log(log, r"iteration +4/", timeout_s=400)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
-    info = _wait_state(job)
+    info = _wait_state(job, log)
     text = _read(log)
     assert info.get("Restarts") == "1", info
     assert "mgn preflight: OK tiny+cpu: world 2 (tp 1 pp 1 ep 1 dp 2)" in text, text[-3000:]
@@ -166,7 +166,7 @@ def test_dp2_signal_saves_requeues_resumes_as_uninterrupted_and_a_finished_run_s
     assert _consumed(_final_line(rerun)) == _consumed(straight_final) == ITERS * GBS
 
     _, again, again_log = _submit(tmp_path / "run")
-    _wait_state(again, timeout_s=120)
+    _wait_state(again, again_log, timeout_s=120)
     text = _read(again_log)
     assert f"mgn: run already finished ({ITERS} iterations); nothing to do" in text, text
     assert "iteration " not in text.split("nothing to do")[1]
@@ -192,11 +192,11 @@ def test_tp2_sp_signal_during_startup_then_kill9_during_a_save(slurm, tmp_path, 
     sc.wait_for(lambda: (save / "iter_0000008").exists(), timeout_s=400, interval_s=0.01,
                 what="the save of iteration 8 to start")
     os.kill(_rank_pids()[-1], signal.SIGKILL)
-    _wait_state(job, states=("FAILED",))
+    _wait_state(job, log, states=("FAILED",))
     assert (save / TRACKER).read_text().strip() == "4"
     subprocess.run(["scontrol", "requeue", job], check=True)
     time.sleep(2)
-    _wait_state(job)
+    _wait_state(job, log)
     rerun = _read(log).split(f"mgn: job {job} restart 2 ")[1]
     assert f"mgn: moving the incomplete save {save}/iter_0000008 aside" in rerun, rerun[:3000]
     assert re.search(r"successfully loaded checkpoint from .* at iteration 4", rerun), rerun[-3000:]
