@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.mcore019]
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
-ITERS, GBS = 12, 16
+ITERS, GBS = 12, 4
 LAYOUTS = {"dp2": [], "tp2_sp": ["megatron.tensor_model_parallel_size=2", "megatron.sequence_parallel=true"]}
 TRACKER = "latest_checkpointed_iteration.txt"
 
@@ -41,7 +41,8 @@ def _build(run_dir: Path, *overrides):
 
     base = [f"launch.run_dir={run_dir}", "launch.gpus_per_node=2", f"launch.python={VENV_PY}",
             f"launch.pythonpath={ROOT}", "slurm.time=00:15:00", "launch.signal_lead_s=60",
-            f"megatron.train_iters={ITERS}", "megatron.save_interval=1000", "megatron.eval_interval=6"]
+            f"megatron.train_iters={ITERS}", "megatron.save_interval=1000", "megatron.eval_interval=6",
+            f"megatron.global_batch_size={GBS}"]
     return build("tiny+cpu", base + list(overrides), nodes=1)
 
 
