@@ -9,6 +9,10 @@ effect of whichever test module runs first):
   redirected by ``megatron_gatednorm.cpu_shim`` for the whole session, so a test sees the same
   process state whatever ran before it. Worker processes (torchrun) enter the shim themselves
   through ``distributed.init_distributed(device="cpu")``.
+* without CUDA also ``TORCH_COMPILE_DISABLE=1``, inherited by every process a test starts:
+  megatron-core wraps small element-wise functions in ``torch.compile`` (``jit_fuser``), and on
+  CPU each new model and each new sequence length recompiled them with Inductor (60% of the
+  conversion worker's time). Tests compare runs made in the same mode; none checks compilation.
 """
 
 import os
@@ -21,6 +25,10 @@ try:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+        os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+        import torch._dynamo.config
+
+        torch._dynamo.config.disable = os.environ["TORCH_COMPILE_DISABLE"] == "1"
 except ImportError:  # pragma: no cover
     torch = None
 
