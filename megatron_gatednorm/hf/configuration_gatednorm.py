@@ -16,6 +16,10 @@ weights so that ``AutoConfig.from_pretrained(dir, trust_remote_code=True)`` work
 * ``residual_clip``: the residual stream is clamped to ``[-T, T]`` after every residual add;
 * hybrid models: ``layer_types`` (``"linear_attention"`` for Gated DeltaNet, ``"full_attention"``)
   and Qwen3-Next's ``linear_*`` head sizes; unset means softmax attention in every layer.
+
+``to_dict`` (and so ``config.json``) leaves out the fields of parts the model does not have:
+the MoE fields of a dense model, the Gated DeltaNet fields of a model without such layers and
+the gate fields of an ungated norm (rebuilt from the class defaults, which the model then never reads).
 """
 
 from typing import Optional
@@ -24,6 +28,12 @@ from transformers import PretrainedConfig
 
 NORM_VARIANTS = ("rmsnorm", "gatednorm", "preaffine", "preaffine_gatednorm", "dyt", "gatedyt")
 LAYER_TYPES = ("full_attention", "linear_attention")
+GATED_VARIANTS = ("gatednorm", "preaffine_gatednorm", "gatedyt")
+MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob", "moe_layer_pattern",
+              "shared_expert_intermediate_size", "shared_expert_gate")
+LINEAR_ATTENTION_FIELDS = ("layer_types", "linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+                           "linear_num_key_heads", "linear_num_value_heads")
+GATE_FIELDS = ("gatednorm_rank", "gate_activation", "gate_granularity")
 
 
 class GatedNormConfig(PretrainedConfig):
@@ -91,6 +101,21 @@ class GatedNormConfig(PretrainedConfig):
         if self.norm_variant not in NORM_VARIANTS:
             raise ValueError(f"invalid norm_variant={self.norm_variant!r}; valid: {', '.join(NORM_VARIANTS)}")
         super().__post_init__(**kwargs)
+
+    def unused_fields(self) -> tuple:
+        """The fields of the parts this model does not have (the model never reads them)."""
+        unused = () if self.num_experts else MOE_FIELDS
+        if "linear_attention" not in (self.layer_types or ()):
+            unused += LINEAR_ATTENTION_FIELDS
+        if self.norm_variant not in GATED_VARIANTS:
+            unused += GATE_FIELDS
+        return unused
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        for key in self.unused_fields():
+            out.pop(key, None)
+        return out
 
     def is_linear_attention(self, layer_idx: int) -> bool:
         return self.layer_types is not None and self.layer_types[layer_idx] == "linear_attention"

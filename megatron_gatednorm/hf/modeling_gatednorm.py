@@ -44,7 +44,7 @@ try:  # transformers >= 5 guards re-initialisation of loaded weights in these he
 except ImportError:  # pragma: no cover
     from torch.nn import init
 
-from .configuration_gatednorm import GatedNormConfig
+from .configuration_gatednorm import GATED_VARIANTS, GatedNormConfig
 
 _GATE_ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
@@ -66,7 +66,7 @@ class GatedNormRMSNorm(nn.Module):
         self.zero_centered_gamma = config.zero_centered_gamma
         self.dyt = variant in ("dyt", "gatedyt")
         self.pre_affine = variant in ("preaffine", "preaffine_gatednorm")
-        self.gated = variant in ("gatednorm", "preaffine_gatednorm", "gatedyt")
+        self.gated = variant in GATED_VARIANTS
         self.gate_activation = config.gate_activation
         self.weight = nn.Parameter(torch.full((hidden_size,), 0.0 if self.zero_centered_gamma else 1.0))
         if self.pre_affine:
