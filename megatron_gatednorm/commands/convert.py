@@ -17,7 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h = sub.add_parser("to-hf", help="Megatron torch_dist checkpoint -> HF safetensors folder")
     h.add_argument("--load", required=True, help="Megatron-LM save dir (with latest_checkpointed_iteration.txt) or an iter_* dir")
     h.add_argument("--out", required=True, help="output HF folder (must not exist unless --overwrite)")
-    h.add_argument("--tokenizer", default=None, help="local HF tokenizer folder to copy into the output")
+    h.add_argument("--tokenizer", default=None,
+                   help="local HF tokenizer folder to copy into the output (default: the folder the "
+                        "checkpoint's args name as --tokenizer-model, if it is there; a line says which)")
     h.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="cast weights (default: as saved)")
     h.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     h.add_argument("--gatednorm-arch", action="store_true",
