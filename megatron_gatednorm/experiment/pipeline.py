@@ -5,7 +5,7 @@ converts each to Hugging Face (``hf/<variant>``); analyses outliers and evaluate
 ± SmoothQuant on the held-out works (``reports/<variant>/``); writes ``results.md`` /
 ``results.json``. Every number in the table comes from this run. Layout of ``out``:
 ``data/`` (built once, reused when ``data/data.json`` exists), ``runs/<variant>`` (Megatron
-checkpoints and logs), ``hf/<variant>``, ``reports/<variant>/{outliers.json,quant.json,*.png}``.
+checkpoints and logs), ``hf/<variant>`` (with the data's tokenizer), ``reports/<variant>/{outliers.json,quant.json,*.png}``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def run_experiment(out: Path, size: str, variants: Sequence[str], seed: int = 12
         summary = train(trainer_argv(spec, shape, data, run_dir, seed) + VARIANTS[name])
         report_dir = out / "reports" / name
         hf_dir = out / "hf" / name  # converted once, analysed by both tools
-        convert_to_hf(run_dir, hf_dir, dtype="fp32", overwrite=True, progress=False)
+        convert_to_hf(run_dir, hf_dir, tokenizer=data / "tokenizer", dtype="fp32", overwrite=True, progress=False)
         heldout = data / "heldout_text_document"
         outliers = outlier_report(hf_dir, heldout, report_dir, seq_length=spec.seq_length,
                                   num_sequences=spec.eval_windows, title=name)
