@@ -81,6 +81,11 @@ def test_config_holds_only_the_fields_the_architecture_reads(case, tmp_path):
         present = groups - set(absent)
         assert present <= set(saved), (case, sorted(present - set(saved)))
         assert hf_io.arch_from_hf_config(saved).shape == arch.shape.replace(kv_channels=arch.shape.head_dim)
+        # what to-megatron reads is the same as from the config with every field
+        from transformers import PretrainedConfig
+
+        full = PretrainedConfig.to_dict(loaded)
+        assert set(absent) <= set(full) and hf_io.arch_from_hf_config(saved) == hf_io.arch_from_hf_config(full)
 
 
 @pytest.fixture(scope="module")
