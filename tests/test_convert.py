@@ -85,6 +85,7 @@ def _load_hf(hf_dir, arch):
 def test_hf_logits_and_greedy_match_megatron(case, saved, converted):
     keys = [k for k in saved if k.startswith(case + "/")]
     assert len(keys) == (3 if CASES[case][0].num_experts else 2)
+    assert "greedy" in saved[f"{case}/tp2"], case
     toks = tokens()
     for key in keys:
         hf_dir, arch = converted[key]
@@ -98,8 +99,9 @@ def test_hf_logits_and_greedy_match_megatron(case, saved, converted):
         assert diff < LOGITS_ATOL, (key, diff)
         # and relative to the logits' scale (DyT models have small logits): a real comparison
         assert diff < 1e-3 * float(ref.abs().max()), (key, diff, float(ref.abs().max()))
-        generated = model.generate(toks, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        assert generated.tolist() == saved[key]["greedy"], key
+        if "greedy" in saved[key]:  # recorded at TP=2; every layout's logits are compared above
+            generated = model.generate(toks, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+            assert generated.tolist() == saved[key]["greedy"], key
 
 
 def test_stock_baselines_carry_no_remote_code(converted):

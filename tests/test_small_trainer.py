@@ -45,8 +45,7 @@ def test_data_pipeline(tiny_data):
 @pytest.mark.slow
 def test_training_is_deterministic_and_resumes_exactly(tiny_data, tmp_path):
     full = run_trainer(trainer_argv(tiny_data, tmp_path / "full"))
-    again = run_trainer(trainer_argv(tiny_data, tmp_path / "again"))
-    assert losses(full) == losses(again) and len(losses(full)) == 6
+    assert len(losses(full)) == 6
     assert losses(full)[-1] < losses(full)[0]
     peaks = [r for r in full if "peak_activation_per_layer" in r]
     assert [r["iteration"] for r in peaks] == [3, 6]
@@ -55,6 +54,8 @@ def test_training_is_deterministic_and_resumes_exactly(tiny_data, tmp_path):
     first = run_trainer(trainer_argv(tiny_data, tmp_path / "split", iters=3))
     second = run_trainer(trainer_argv(tiny_data, tmp_path / "split", extra=["--load", str(tmp_path / "split")]))
     assert any(r["event"] == "resume" and r["iteration"] == 3 for r in second)
+    # a second run of the same seed reproduces the first three iterations bit for bit, and the
+    # resumed run the last three: deterministic and exact on resume in one comparison
     assert losses(first) + losses(second) == losses(full)
     assert (tmp_path / "split" / "latest_checkpointed_iteration.txt").read_text() == "6"
 
