@@ -283,6 +283,8 @@ def test_bad_input_errors(saved, converted, work, capsys):
     shutil.rmtree(existing)
     assert _mgn(*to_hf(good)) == 0
     assert _mgn(*to_hf(good), "--overwrite") == 0
+    notes = capsys.readouterr().err.strip().splitlines()  # one line per export: which tokenizer it got
+    assert len(notes) == 2 and all(n.startswith("to-hf: the export has no tokenizer: ") for n in notes), notes
     assert (existing / "config.json").is_file() and (existing / ".mgn-manifest.json").is_file()
     assert [p.name for p in outs.iterdir()] == ["x"]
     shutil.rmtree(existing)
