@@ -60,17 +60,32 @@ def init_distributed(
 
             store = FileStore(tempfile.mktemp(prefix="mgn-store-"), 1)
             dist.init_process_group(backend(device), store=store, rank=0, world_size=1)
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tensor_model_parallel_size,
-        pipeline_model_parallel_size=pipeline_model_parallel_size,
-        expert_model_parallel_size=expert_model_parallel_size,
-        context_parallel_size=context_parallel_size,
-    )
+    sizes = (tensor_model_parallel_size, pipeline_model_parallel_size, expert_model_parallel_size,
+             context_parallel_size)
+    if _model_parallel_sizes() != sizes:
+        # megatron-core's destroy_model_parallel drops its groups without destroying them, and
+        # each gloo group keeps its threads: re-create the groups only for a new layout
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tensor_model_parallel_size,
+            pipeline_model_parallel_size=pipeline_model_parallel_size,
+            expert_model_parallel_size=expert_model_parallel_size,
+            context_parallel_size=context_parallel_size,
+        )
     model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)
     return device
+
+
+def _model_parallel_sizes():
+    """(TP, PP, EP, CP) of megatron-core's current groups, or None before they exist."""
+    if not parallel_state.model_parallel_is_initialized():
+        return None
+    return (parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_expert_model_parallel_world_size(),
+            parallel_state.get_context_parallel_world_size())
 
 
 def finalize_grads(model, config) -> None:

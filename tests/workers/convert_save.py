@@ -132,9 +132,9 @@ def greedy(model, toks, vocab, n=NEW):
 def save_all(out_dir):
     results = {}
     toks = tokens()
-    for name in CASES:
-        arch = case_arch(name)
-        for layout, kw in LAYOUTS.items():
+    for layout, kw in LAYOUTS.items():  # layout outermost: one set of process groups per layout
+        for name in CASES:
+            arch = case_arch(name)
             if layout == "ep2" and not arch.shape.num_experts:
                 continue
             model = build(arch, **kw)
@@ -155,7 +155,7 @@ def save_all(out_dir):
 def load_all(pairs):
     results = {}
     toks = tokens()
-    for pair in pairs:
+    for pair in sorted(pairs, key=lambda p: p.rsplit("@", 1)[1]):  # one set of process groups per layout
         path, layout = pair.rsplit("@", 1)
         kw = LAYOUTS.get(layout, {})
         iter_dir, _ = iteration_dir(path)
