@@ -44,6 +44,7 @@ def smoke(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_cpu_smoke_rows_pass_and_are_timed(smoke, bench):
     assert smoke["mode"] == "cpu-smoke" and smoke["timings_meaningful"] is False
     assert smoke["failures"] == []

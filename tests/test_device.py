@@ -94,6 +94,7 @@ def test_sbatch_exports_the_recipe_device():
     assert "export MGN_DEVICE=cuda" in gpu and "export MGN_DEVICE=cpu" in cpu
 
 
+@pytest.mark.slow
 def test_cpu_device_initialises_gloo_explicitly():
     code = ("import torch.distributed as d; from megatron_gatednorm.distributed import init_distributed; "
             "print(init_distributed(device='cpu'), d.get_backend())")

@@ -44,6 +44,7 @@ def _check_01(out):
     assert out.rstrip().endswith("OK")
 
 
+@pytest.mark.slow
 def test_01_specs_in_your_pretrain_gpt(tmp_path):
     import importlib.util
 
@@ -54,6 +55,7 @@ def test_01_specs_in_your_pretrain_gpt(tmp_path):
     assert ("parsed with: Megatron-LM's parse_args" if megatron_training else "parsed with: argparse") in out
 
 
+@pytest.mark.slow
 def test_01_with_megatron_lm_parser(tmp_path):
     """The same example where megatron.training exists (megatron-core 0.19.2 venv): Megatron-LM's
     own parse_args + validate_args with add_gatednorm_args, then its spec import."""
@@ -106,6 +108,7 @@ def test_04_load_exported_in_transformers(tmp_path):
     assert (tmp_path / "exported" / "hf_modules").is_dir()  # remote code cached inside OUT_DIR
 
 
+@pytest.mark.slow
 def test_05_kernel_microbenchmark(tmp_path):
     pytest.importorskip("triton")
     out = run_example(tmp_path, "05_kernel_microbenchmark.py")

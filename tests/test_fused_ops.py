@@ -134,6 +134,7 @@ def test_bf16_parameters(kernels):
         assert _rel_err(grads[name], ref_grads[name]) < 1.6e-2, name
 
 
+@pytest.mark.slow
 def test_max_hidden_16384(kernels):
     """The widest supported row. Gated: forward only on CPU (the interpreted gated backward at
     this width takes ~10 s on 2 cores; its multi-chunk loops are covered at d=1000); ungated:

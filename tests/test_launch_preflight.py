@@ -44,6 +44,7 @@ def test_world_size_mismatch_fails_fast_naming_the_rank():
     assert "world size 4 does not match recipe tiny: nodes=1 × gpus_per_node=1 = 1 ranks" in out.stderr
 
 
+@pytest.mark.slow
 def test_single_rank_preflight_matches_the_launcher_count():
     out = run_preflight({})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -51,6 +52,7 @@ def test_single_rank_preflight_matches_the_launcher_count():
     assert "fused norm check skipped: launch.device=cpu (the fused kernels run compiled only on CUDA" in out.stdout
 
 
+@pytest.mark.slow
 def test_parameter_mismatch_fails_naming_the_rank_and_counts():
     out = run_preflight({}, "--expected-params", "100000")
     assert out.returncode == 2
@@ -65,6 +67,7 @@ def test_parameter_mismatch_fails_naming_the_rank_and_counts():
     # PP=2 with tied embeddings: the last stage's copy of the embedding is not counted twice.
     (["megatron.pipeline_model_parallel_size=2"], "(tp 1 pp 2 ep 1 dp 1)"),
 ])
+@pytest.mark.slow
 def test_two_rank_shards_sum_to_the_launcher_count(layout, shards):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env.update(PYTHONPATH=str(ROOT))
@@ -93,6 +96,7 @@ def test_cuda_recipe_on_a_node_without_cuda_fails_instead_of_falling_back_to_cpu
     assert "shard parameters" not in out.stdout  # stopped before the rendezvous and the model
 
 
+@pytest.mark.slow
 @no_cuda
 def test_fused_check_in_the_interpreter_passes():
     out = run_preflight({"TRITON_INTERPRET": "1"}, "--fused-check=on")
@@ -102,6 +106,7 @@ def test_fused_check_in_the_interpreter_passes():
     assert "mgn preflight: OK tiny" in out.stdout
 
 
+@pytest.mark.slow
 @no_cuda
 def test_fused_check_fails_naming_the_rank_and_the_variant():
     out = run_preflight({"TRITON_INTERPRET": "1"}, "--fused-check=on", entry=("-c", BROKEN_KERNEL))

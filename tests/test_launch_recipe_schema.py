@@ -121,6 +121,7 @@ def test_shipped_flags_round_trip_and_cover_the_model_table():
     assert {row.flag for row in MEGATRON_FLAGS} <= set(flags)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MCORE019.exists(), reason="no .venv-mcore019 (megatron-core 0.19.2 with megatron.training)")
 def test_shipped_flags_match_megatron_training_0_19_2():
     code = ("import argparse; from megatron.training.arguments import add_megatron_arguments; "

@@ -135,6 +135,7 @@ def test_dry_run_prints_script_numbers_and_command():
     assert "# python3 -m megatron_gatednorm.training.pretrain --num-layers 28" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["rmsnorm", "preaffine", "gatednorm", "preaffine_gatednorm"])
 def test_dense2b_dry_run_params_within_1pct_of_built_count(variant, built_2b):
     recipe = "dense2b" if variant == "rmsnorm" else "dense2b_gatednorm"

@@ -145,6 +145,7 @@ print(json.dumps({a.dest: dict(options=a.option_strings, default=a.default) for 
 """
 
 
+@pytest.mark.slow
 def test_defaults_are_megatron_lm_0_19_2s():
     """Every row's option, dest and default as Megatron-LM 0.19.2's own parser declares them."""
     if not VENV_PY.exists():

@@ -72,6 +72,7 @@ def test_data_and_tensor_parallel_runs_match_single_rank(tiny_data, tmp_path):
         assert max(abs(a - b) for a, b in zip(single, other)) < 1e-4, (single, other)
 
 
+@pytest.mark.slow
 def test_bad_batch_configuration(tiny_data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "megatron_gatednorm.training.small_trainer",
                            *trainer_argv(tiny_data, tmp_path, extra=["--global-batch-size", "3"])],
