@@ -17,7 +17,8 @@ hold one layer spec per layer symbol of ``hybrid_layer_pattern`` (megatron-core'
 
 ``|`` (pipeline stage boundary) is handled by ``HybridModel`` itself. Mamba (``M``), DeepSeek
 sparse attention (``D``), MLA (``+``) and multi-token prediction (``/...``) are refused with a
-clear error (:func:`check_hybrid_pattern`; building such a layer raises too).
+clear error (:func:`megatron_gatednorm.hybrid_pattern.check_hybrid_pattern`; building such a
+layer raises too).
 
 Each layer spec is cut out of the plugin's own GPT layer spec (:func:`megatron_gatednorm.specs.
 _transform_layer`), so a hybrid layer gets exactly what the same sublayer gets in a GPT model:
@@ -50,6 +51,7 @@ from megatron.core.transformer.identity_op import IdentityFuncOp, IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
 from megatron_gatednorm import specs as _specs
+from megatron_gatednorm.hybrid_pattern import check_hybrid_pattern
 from megatron_gatednorm.norm_config import NormConfig
 
 SUPPORTED_SYMBOLS = {"G": "gdn_layer", "*": "attention_layer", "-": "mlp_layer", "E": "moe_layer"}
@@ -69,24 +71,6 @@ def _hybrid():
             "experimental_attention_variant='gated_delta_net' instead"
         ) from e
     return hybrid_block, hybrid_model
-
-
-def check_hybrid_pattern(pattern: str) -> None:
-    """ValueError for a layer symbol or MTP part the plugin's hybrid specs do not provide."""
-    if not pattern:
-        raise ValueError("invalid hybrid_layer_pattern='': valid symbols: G * - E (| between pipeline stages)")
-    if "/" in pattern:
-        raise ValueError(
-            f"invalid hybrid_layer_pattern={pattern!r}: multi-token prediction ('/...') is not supported "
-            "by megatron-gatednorm's hybrid specs"
-        )
-    for symbol in pattern:
-        if symbol not in SUPPORTED_SYMBOLS and symbol != "|":
-            what = _UNSUPPORTED.get(symbol, "unknown")
-            raise ValueError(
-                f"invalid layer symbol {symbol!r} ({what}) in hybrid_layer_pattern={pattern!r}; "
-                "valid: G (Gated DeltaNet), * (attention), - (MLP), E (MoE), | (pipeline stage boundary)"
-            )
 
 
 class UnsupportedHybridLayer:
