@@ -111,6 +111,37 @@ def _as_list(value: Union[None, str, Sequence[str]]) -> List[str]:
     return [str(v) for v in value]
 
 
+# Megatron settings that fuse a residual-stream norm into another module: a slot the plugin replaces
+# holds a separate norm module, so they cannot apply there. {setting: why}
+FUSED_NORM_FLAGS = {
+    "fused_residual_rmsnorm": "Transformer Engine's fused residual RMSNorm (TENorm(has_residual=True), "
+                              "megatron-core >= 0.17) returns (output, residual) from a TE RMSNorm",
+    "use_te_op_fuser": "Transformer Engine's op fuser reads the norm weight out of the fused linear layers",
+    "inference_fuse_tp_communication": "the fused reduce-scatter + add + norm + all-gather of inference runs TE's norm",
+}
+
+
+def check_fused_norm_flags(nc: NormConfig, value: Callable[[str], Any], prefix: str = "") -> None:
+    """Refuse a setting of :data:`FUSED_NORM_FLAGS` when ``nc`` replaces residual-stream norms.
+
+    ``value(setting)`` reads a setting (from a ``TransformerConfig`` or a recipe's ``megatron``
+    mapping); ``prefix`` is how the message names it (``megatron.`` for a recipe). The RMSNorm
+    baseline keeps Megatron's own norms, so there every setting is Megatron's business.
+
+    Raises:
+        ValueError: naming the setting, the slots the variant replaces and the fix.
+    """
+    if nc.variant == "rmsnorm":
+        return
+    for setting, why in FUSED_NORM_FLAGS.items():
+        if value(setting):
+            raise ValueError(
+                f"invalid {prefix}{setting}=True with norm variant {nc.variant!r}: {why}, and the variant "
+                f"replaces the norms of {','.join(nc.placement)} with its own module; set {setting}=False "
+                "(or use norm variant 'rmsnorm')"
+            )
+
+
 def check_recompute_modules(granularity: Optional[str], modules, transformer_engine: bool,
                             name: str = "recompute_modules") -> None:
     """Refuse selective recompute of ``layernorm`` without Transformer Engine.

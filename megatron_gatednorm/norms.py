@@ -66,6 +66,11 @@ class _ResidualNorm(torch.nn.Module):
     """Shared construction and forward for all variants; subclasses only set the flags."""
 
     variant = "rmsnorm"
+    returns_residual = False
+    """megatron-core >= 0.17's norm-builder protocol lets a norm return ``(output, residual)``
+    (Transformer Engine's fused residual RMSNorm); these return the output only, and the layer
+    keeps its own residual. Settings that would need the pair are refused
+    (:func:`megatron_gatednorm.norm_flags.check_fused_norm_flags`)."""
     _pre_affine = False
     _gated = False
     _dyt = False

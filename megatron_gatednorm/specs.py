@@ -47,7 +47,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-from megatron_gatednorm.norm_flags import check_recompute_modules
+from megatron_gatednorm.norm_flags import check_fused_norm_flags, check_recompute_modules
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.norms import norm_class
 from megatron_gatednorm.ops.reference import residual_clip
@@ -77,11 +77,6 @@ try:
     HAVE_GATED_DELTA_NET = True
 except ImportError:
     HAVE_GATED_DELTA_NET = False
-
-# Config switches that read a fused norm weight out of linear_qkv/linear_fc1 or expect a
-# (output, residual) norm: they cannot work once the norm is a separate plugin module.
-_INCOMPATIBLE_FLAGS = ("use_te_op_fuser", "fused_residual_rmsnorm", "inference_fuse_tp_communication")
-
 
 def norm_module_spec(norm_config: NormConfig, variant: Optional[str] = None) -> ModuleSpec:
     """A ``ModuleSpec`` building ``variant``'s module (default: the config's) with its config."""
@@ -255,13 +250,7 @@ def validate_spec_config(config, nc: NormConfig, use_te: bool) -> None:
             "transformer_impl='transformer_engine' needs Transformer Engine, which is not "
             "importable here; valid choices without it: transformer_impl='local'"
         )
-    if nc.variant != "rmsnorm":
-        for flag in _INCOMPATIBLE_FLAGS:
-            if getattr(config, flag, False):
-                raise ValueError(
-                    f"invalid {flag}=True with norm variant {nc.variant!r}: it needs the norm fused "
-                    f"into Transformer Engine's linear layers; set {flag}=False"
-                )
+    check_fused_norm_flags(nc, lambda setting: getattr(config, setting, False))
     check_recompute_modules(
         getattr(config, "recompute_granularity", None), getattr(config, "recompute_modules", None), use_te
     )

@@ -150,6 +150,9 @@ def err(spec, overrides=(), nodes=1, gpu_memory_gb=None):
      "invalid moe_layer_freq='[1]*47': the pattern must have num_layers=48 entries"),
     ("moe7b_a2b", ["megatron.moe_layer_freq=__import__('os')"], 1,
      "invalid moe_layer_freq=\"__import__('os')\": expected an int or a list expression"),
+    ("dense2b_gatednorm", ["megatron.fused_residual_rmsnorm=true"], 1,
+     "invalid megatron.fused_residual_rmsnorm=True with norm variant 'gatednorm': Transformer Engine's fused residual "
+     "RMSNorm"),
     ("tiny", ["megatron.recompute_granularity=selective", "megatron.recompute_modules=[core_attn,layernorm]"], 1,
      "invalid megatron.recompute_modules=['core_attn', 'layernorm'] with recompute_granularity='selective' and the "
      "local (non-Transformer-Engine) layers: megatron-core recomputes 'layernorm' through CheckpointWithoutOutput"),
@@ -174,6 +177,11 @@ def test_layernorm_recompute_needs_transformer_engine():
         check_recompute_modules("selective", "layernorm,mlp", transformer_engine=False, name="--recompute-modules")
     check_recompute_modules("selective", ["core_attn", "mlp"], transformer_engine=False)
     check_recompute_modules(None, ["layernorm"], transformer_engine=False)
+
+
+def test_fused_residual_rmsnorm_only_where_megatron_keeps_its_norms():
+    """The baseline keeps Megatron's (TE) norms, so TE's fused residual RMSNorm passes through."""
+    assert "--fused-residual-rmsnorm" in argv_of("dense2b", ["data_path=/d", "megatron.fused_residual_rmsnorm=true"])
 
 
 def test_memory_error_names_what_fits():

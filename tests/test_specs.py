@@ -111,6 +111,8 @@ def test_transformer_engine_backend_unavailable_is_a_clear_error():
 @pytest.mark.parametrize("bad, message", [
     (dict(normalization="LayerNorm"), "invalid normalization='LayerNorm'"),
     (dict(use_te_op_fuser=True), "invalid use_te_op_fuser=True"),
+    (dict(fused_residual_rmsnorm=True), "invalid fused_residual_rmsnorm=True with norm variant 'gatednorm': "
+                                        "Transformer Engine's fused residual RMSNorm"),
 ])
 def test_incompatible_transformer_config(bad, message):
     config = config_of(TINY)
@@ -118,6 +120,18 @@ def test_incompatible_transformer_config(bad, message):
         setattr(config, k, v)
     with pytest.raises(ValueError, match=message):
         specs.get_gatednorm_block_spec(config, use_transformer_engine=False)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_norm_builder_protocol(variant):
+    """megatron-core >= 0.17 calls a norm slot as ``builder(config=, hidden_size=, eps=)`` and lets
+    the module return ``(output, residual)``: the plugin's specs build that way (``ModuleSpec``
+    is callable in 0.16.1 too) and their modules declare and return the output alone."""
+    spec = specs.norm_module_spec(NormConfig(variant=variant))
+    module = spec(config=config_of(TINY), hidden_size=TINY.hidden_size, eps=1e-5)
+    assert module.returns_residual is False
+    out = module(torch.randn(3, 2, TINY.hidden_size))
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 2, TINY.hidden_size)
 
 
 def test_rank_not_below_hidden_size():

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from megatron_gatednorm.norm_flags import check_recompute_modules, dest, norm_config_from_values
+from megatron_gatednorm.norm_flags import check_fused_norm_flags, check_recompute_modules, dest, norm_config_from_values
 from megatron_gatednorm.norm_config import NormConfig, NormConfigError
 from megatron_gatednorm.device import parse_device
 from megatron_gatednorm.launch.memory import memory_estimate
@@ -332,6 +332,7 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
                 "expert_model_parallel_size"):
         m.setdefault(key, 1)
     nc = norm_config_from_recipe(recipe)
+    check_fused_norm_flags(nc, m.get, prefix="megatron.")
     base_shape = check_model(m)
 
     layout = check_layout(m, base_shape, nodes, gpn)
