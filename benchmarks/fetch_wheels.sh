@@ -6,7 +6,9 @@
 #   bash benchmarks/fetch_wheels.sh
 #
 # megatron-core 0.19.2 needs torch, numpy and packaging>=24.2 (its METADATA's Requires-Dist
-# without extras); the GPU image has all three, so it is the only wheel. Other versions of the
+# without extras); the GPU image has all three. fla-core (the `fla` package: the Triton kernels
+# megatron-core's Gated DeltaNet refuses to build without on a GPU; pure Python, ~1 MiB) needs
+# torch, triton and einops; einops is carried with it. Other versions of the
 # same distributions are removed from .whl/ (two versions of one stop the whole install there).
 # Prints the total size; fails above 60 MiB (the working tree that travels is limited to 64 MiB).
 set -euo pipefail
@@ -14,7 +16,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEST=${GPU_CHECK_WHEELS:-$ROOT/.whl}
 MAX_MIB=60
-WHEELS=(megatron-core==0.19.2)
+WHEELS=(megatron-core==0.19.2 fla-core==0.6.0 einops==0.8.1)
 
 mkdir -p "$DEST"
 for spec in "${WHEELS[@]}"; do

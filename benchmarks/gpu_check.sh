@@ -11,6 +11,8 @@
 #   kernel_tests   python3 -m pytest tests/test_fused_ops.py, compiled kernels (TRITON_INTERPRET unset)
 #   kernel_extras  >2^31 elements, CUDA graph, torch.compile graph breaks, registers/spills, determinism
 #   gpt_tiny       tiny Megatron GPTModel per variant in bf16: fused vs eager, recompute, Megatron DDP
+#   hybrid_tiny    tiny HybridModel (GE*E) per variant in bf16: fused vs eager, 8 training steps (fla);
+#                  its figures go into summary.json (the 8 files below are the device tool's limit)
 #   ncu            DRAM bytes / time / registers per kernel at 16384x4096 bf16
 #   bench          python3 benchmarks/norms.py --json (the roofline benchmark), with the time left
 # Results in $OUT (default ./gpu_check_out), 8 files at most: gpu_check.log (everything printed),
@@ -153,6 +155,16 @@ elif [[ -n $NO_MCORE ]]; then
 else
   lim=$(limit_for 110)
   step gpt_tiny "$lim" python3 "$H/gpt_tiny.py" --out "$OUT/gpt_tiny.json" --budget-s $((lim > 50 ? lim - 25 : lim / 2))
+fi
+
+# 5b. tiny HybridModel per variant (megatron-core >= 0.18, fla from the carried wheels) ----------------
+if [[ $HAVE_CUDA != 1 ]]; then
+  skip hybrid_tiny "$NO_CUDA"
+elif [[ -n $NO_MCORE ]]; then
+  skip hybrid_tiny "$NO_MCORE"
+else
+  lim=$(limit_for 70)
+  step hybrid_tiny "$lim" python3 "$H/hybrid_tiny.py" --out "$WORK/hybrid_tiny.json" --budget-s $((lim > 40 ? lim - 15 : lim / 2))
 fi
 
 # 6. DRAM bytes per kernel (ncu reads counters on Firecracker machines, not on gVisor) ----------------

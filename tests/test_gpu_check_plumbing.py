@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:
 # as a package: the helpers' own "_common" must not meet tests/workers/_common.py
 from benchmarks.gpu_check import report  # noqa: E402
 
-CUDA_STEPS = ("kernel_tests", "kernel_extras", "gpt_tiny", "ncu", "bench")
+CUDA_STEPS = ("kernel_tests", "kernel_extras", "gpt_tiny", "hybrid_tiny", "ncu", "bench")
 
 
 def test_gpu_check_without_cuda(tmp_path):
@@ -48,7 +48,7 @@ def test_gpu_check_without_cuda(tmp_path):
     for name in CUDA_STEPS:
         assert steps[name]["status"] == "skipped" and steps[name]["rc"] is None
         assert "needs CUDA" in steps[name]["reason"] and "is_available() is False" in steps[name]["reason"]
-    assert summary["counts"] == {"ok": 1, "failed": 0, "timeout": 0, "skipped": 6}
+    assert summary["counts"] == {"ok": 1, "failed": 0, "timeout": 0, "skipped": 7}
     log = (out / "gpu_check.log").read_text()
     assert "=== [kernel_tests] skipped: needs CUDA" in log and "=== done in" in log
 
@@ -122,7 +122,7 @@ def test_ncu_csv_split_by_case(tmp_path):
     assert res["cases"] is None and res["unavailable"] == "==ERROR== Failed to initialize the profiler"
 
 
-@pytest.mark.parametrize("helper", ["kernel_extras", "gpt_tiny", "ncu_target", "env"])
+@pytest.mark.parametrize("helper", ["kernel_extras", "gpt_tiny", "hybrid_tiny", "ncu_target", "env"])
 def test_helpers_import_and_help_without_cuda(helper, capsys):
     mod = importlib.import_module(f"benchmarks.gpu_check.{helper}")
     assert mod.__doc__.strip() and callable(mod.main)
@@ -161,6 +161,9 @@ def test_summary_figures(tmp_path):
     (out / "gpt_tiny.json").write_text(json.dumps({"checks": {
         "gatednorm/recompute": {"bit_exact": True, "max_grad_rel_diff": 0.0, "worst_grads": {"a": 0.0}}}}))
     (out / "bench.json").write_text(json.dumps({"rows": [1, 2], "targets": {"t": {"pass": False}}}))
+    (work / "hybrid_tiny.json").write_text(json.dumps({"checks": {
+        "gatednorm/train": {"losses": [3.6, 3.2], "finite": True, "decreasing": True, "parameters": 10},
+        "rmsnorm/train": {"skipped": "time budget of 55 s used up"}}}))
     report.main(["step", "--work", str(work), "--out", str(out), "--name", "gpt_tiny", "--rc", "124",
                  "--seconds", "110.2", "--limit", "110", "--cmd", "python3 gpt_tiny.py", "--note", ""])
     s = json.loads((out / "summary.json").read_text())
@@ -172,4 +175,6 @@ def test_summary_figures(tmp_path):
     assert fx["registers"]["kernels"] == ["_bwd: 255 regs, 28 spills, 4 warps"]
     assert s["figures"]["gpt_tiny"] == {"gatednorm/recompute": {"bit_exact": True, "max_grad_rel_diff": 0.0}}
     assert s["figures"]["bench"] == {"targets": {"t": {"pass": False}}}
+    assert s["figures"]["hybrid_tiny"] == {"gatednorm/train": {"losses": [3.6, 3.2], "finite": True, "decreasing": True},
+                                           "rmsnorm/train": {"skipped": "time budget of 55 s used up"}}
     assert s["files"] == ["bench.json", "gpt_tiny.json", "kernel_extras.json", "summary.json"]

@@ -135,6 +135,10 @@ def _figures(work: Path, out: Path):
     fig["gpt_tiny"] = _checks(_load(out / "gpt_tiny.json"), {
         "loss_rel_diff", "max_grad_rel_diff", "bit_exact", "fused_ms", "eager_ms", "fused_decisions",
         "norm_main_grads_nonzero"})
+    # hybrid_tiny.json stays in the work folder ($OUT's 8 files are taken): its figures live here
+    fig["hybrid_tiny"] = _checks(_load(work / "hybrid_tiny.json"), {
+        "loss_rel_diff", "max_grad_rel_diff", "fused_decisions", "losses", "finite", "decreasing", "step_ms",
+        "gated_delta_rule"})
     bench = _load(out / "bench.json")
     if isinstance(bench, dict):  # benchmarks/norms.py --json: its verdicts, not its every row
         fig["bench"] = {k: bench[k] for k in BENCH_KEYS if k in bench} or {"keys": sorted(bench)}
