@@ -103,22 +103,25 @@ def _check_parent_writable(p: Path, flag: str, path) -> None:
             break
 
 
+def overlap(out, path, folder: bool = True) -> Optional[str]:
+    """How output ``out`` overlaps input ``path`` — ``"is"``, ``"is inside"`` or (``folder``: the
+    output is a folder that would hold the input) ``"contains"`` — or None."""
+    out_r, inp = Path(out).resolve(), Path(path).resolve()
+    if out_r == inp:
+        return "is"
+    if inp in out_r.parents:
+        return "is inside"
+    if folder and out_r in inp.parents:
+        return "contains"
+    return None
+
+
 def _check_not_over_inputs(out: Path, flag: str, inputs, folder: bool = False) -> None:
-    out_r = out.resolve()
     for in_flag, path in (inputs or {}).items():
-        if path is None:
-            continue
-        inp = Path(path).resolve()
-        if out_r == inp:
-            how = "is"
-        elif inp in out_r.parents:
-            how = "is inside"
-        elif folder and out_r in inp.parents:
-            how = "contains"
-        else:
-            continue
-        raise ValueError(f"{flag} {out} {how} the input {in_flag} {path}: writing there would change what is "
-                         f"being read; choose a {flag} outside it")
+        how = None if path is None else overlap(out, path, folder)
+        if how:
+            raise ValueError(f"{flag} {out} {how} the input {in_flag} {path}: writing there would change what is "
+                             f"being read; choose a {flag} outside it")
 
 
 def write_text_atomic(path, text: str) -> Path:

@@ -20,6 +20,7 @@ from typing import Iterator, Mapping, Optional
 
 from megatron_gatednorm.checkpoint.errors import CheckpointError
 from megatron_gatednorm.checkpoint.manifest import check_replaceable, write_manifest
+from megatron_gatednorm.user_input import overlap
 
 _LEFTOVER = re.compile(r"\.mgn-(?:tmp|old)-(\d+)-")
 
@@ -27,23 +28,13 @@ _LEFTOVER = re.compile(r"\.mgn-(?:tmp|old)-(\d+)-")
 def check_outside_inputs(out, inputs: Mapping[str, Optional[object]], out_flag: str = "--out") -> None:
     """Refuse an output folder that is, contains, or is inside one of ``inputs`` (``{flag: path}``;
     None values are skipped): writing it would replace or mix with what is being read."""
-    out_r = Path(out).resolve()
     for flag, path in inputs.items():
-        if path is None:
-            continue
-        inp = Path(path).resolve()
-        if out_r == inp:
-            how = "is"
-        elif inp in out_r.parents:
-            how = "is inside"
-        elif out_r in inp.parents:
-            how = "contains"
-        else:
-            continue
-        raise CheckpointError(
-            f"{out_flag} {out} {how} the input {flag} {path}: writing it would destroy or mix with what is "
-            f"being read; choose an {out_flag} outside {path}"
-        )
+        how = None if path is None else overlap(out, path)
+        if how:
+            raise CheckpointError(
+                f"{out_flag} {out} {how} the input {flag} {path}: writing it would destroy or mix with what is "
+                f"being read; choose an {out_flag} outside {path}"
+            )
 
 
 def _alive(pid: int) -> bool:
