@@ -52,3 +52,12 @@ def test_end_to_end(tiny_data, tmp_path):
     assert max(abs(q["delta"][s]) for s in ("nvfp4", "nvfp4+sq")) < 0.01 * base
     # INT8's steps (~1/127 of a row's max) are far finer than E2M1's (~1/6 of a block's max)
     assert abs(q["delta"]["int8"]) < 0.1 * abs(q["delta"]["nvfp4"])  # measured ratio ~0.03
+    # per-window NLLs give the perplexity back, and each delta lies in its bootstrap interval
+    from megatron_gatednorm.analysis.intervals import perplexity
+
+    assert set(q["window_nll"]) == set(q["perplexity"]) and set(q["delta_interval"]) == {"nvfp4", "nvfp4+sq", "int8"}
+    for setting, nll in q["window_nll"].items():
+        assert len(nll) == q["num_sequences"]
+        assert perplexity(nll, q["seq_length"] - 1) == pytest.approx(q["perplexity"][setting], rel=1e-6)
+    for setting, (lo, hi) in q["delta_interval"].items():
+        assert lo <= q["delta"][setting] <= hi and lo < hi, setting

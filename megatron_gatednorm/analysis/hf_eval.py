@@ -106,19 +106,19 @@ def load_hf_model(folder, dtype=torch.float32, device: str = "cpu"):
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
-    """``exp`` of the mean next-token NLL over all windows (each window scored independently)."""
+def window_nlls(model, windows: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Per window, the summed next-token NLL of its ``len - 1`` scored tokens (float64, ``[n]``;
+    each window scored independently)."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    out = []
     for i in range(0, len(windows), batch_size):
         batch = windows[i : i + batch_size].to(device)
         logits = model(input_ids=batch).logits.float()
         nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
         )
-        total += float(nll)
-        count += batch[:, 1:].numel()
-    return math.exp(total / count)
+        out.append(nll.double().view(batch.shape[0], -1).sum(dim=1).cpu())
+    return torch.cat(out)
 
 
 def _gate_of(module, x: torch.Tensor) -> torch.Tensor:

@@ -32,11 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def print_result(result: dict) -> None:
     """The table ``mgn quant`` prints for an :func:`~megatron_gatednorm.quant.evaluate.evaluate_checkpoint` result."""
-    ppl = result["perplexity"]
+    ppl, intervals = result["perplexity"], result["delta_interval"]
     base = ppl["baseline"]
-    print(f"{'setting':<12}{'perplexity':>12}{'delta':>10}")
+    print(f"{'setting':<12}{'perplexity':>12}{'delta':>10}  95% interval (bootstrap over {result['num_sequences']} windows)")
     for name, value in ppl.items():
-        print(f"{name:<12}{value:>12.3f}{value - base:>+10.3f}")
+        lo, hi = intervals.get(name, (0.0, 0.0))
+        interval = f"[{lo:+.3f}, {hi:+.3f}]" if name in intervals else ""
+        print(f"{name:<12}{value:>12.3f}{value - base:>+10.3f}  {interval}")
 
 
 def run(args) -> int:

@@ -27,13 +27,14 @@ def check_settings(settings: Sequence[str]) -> None:
 
 
 def evaluate_settings(model, settings: Sequence[str], windows, calib, alpha: float = 0.5,
-                      quantize_gates: bool = False, batch_size: int = 4) -> Dict[str, float]:
-    """Perplexity of ``model`` (unquantized, key ``baseline``) and of a quantized copy per setting.
+                      quantize_gates: bool = False, batch_size: int = 4) -> Dict[str, "torch.Tensor"]:
+    """Per-window NLL sums (:func:`~megatron_gatednorm.analysis.hf_eval.window_nlls`) of ``model``
+    (unquantized, key ``baseline``) and of a quantized copy per setting, on the same windows.
     SmoothQuant's factors depend only on the unquantized model: calibrated once, on ``calib``, for
     all ``+sq`` settings."""
     import copy
 
-    from megatron_gatednorm.analysis.hf_eval import perplexity
+    from megatron_gatednorm.analysis.hf_eval import window_nlls
     from megatron_gatednorm.quant.fake_quant import block_linears, calibrate, quantize_model, smoothing_factors
 
     check_settings(settings)
@@ -42,11 +43,11 @@ def evaluate_settings(model, settings: Sequence[str], windows, calib, alpha: flo
         linears = block_linears(model)
         act_max, groups = calibrate(model, calib.split(batch_size), linears)
         smooth = smoothing_factors(act_max, groups, linears, alpha)
-    results = {"baseline": perplexity(model, windows, batch_size)}
+    results = {"baseline": window_nlls(model, windows, batch_size)}
     for setting in settings:
         scheme, _, extra = setting.partition("+")
         quantized = quantize_model(copy.deepcopy(model), scheme, smooth if extra else None, quantize_gates)
-        results[setting] = perplexity(quantized, windows, batch_size)
+        results[setting] = window_nlls(quantized, windows, batch_size)
     return results
 
 
@@ -69,8 +70,12 @@ def evaluate_checkpoint(
     clipped); a longer one is refused.
 
     Returns (and writes to ``json_path`` when given) ``checkpoint``, ``perplexity`` and ``delta``
-    (per setting, minus the unquantized perplexity), ``seq_length``, ``num_sequences``, ``alpha``
-    and ``quantize_gates``."""
+    (per setting, minus the unquantized perplexity), ``delta_interval`` (per setting, the 95%
+    paired bootstrap interval of the delta over the evaluation windows,
+    :func:`megatron_gatednorm.analysis.intervals.paired_bootstrap_delta`), ``window_nll`` (per
+    setting, each window's NLL sum), ``seq_length``, ``num_sequences``, ``alpha`` and
+    ``quantize_gates``."""
+    from megatron_gatednorm.analysis import intervals
     from megatron_gatednorm.analysis.hf_eval import (check_token_ids, evaluation_seq_length, hf_folder, load_hf_model,
                                                      read_hf_config)
     from megatron_gatednorm.data.windows import open_indexed_dataset, token_windows
@@ -96,9 +101,14 @@ def evaluate_checkpoint(
         check_token_ids(windows, config, data)
         evaluation, calib = windows[:num_sequences], windows[num_sequences:]
         model = load_hf_model(folder)
-        ppl = evaluate_settings(model, settings, evaluation, calib, alpha, quantize_gates, batch_size)
+        nlls = evaluate_settings(model, settings, evaluation, calib, alpha, quantize_gates, batch_size)
+    scored = seq_length - 1
+    ppl = {k: intervals.perplexity(v, scored) for k, v in nlls.items()}
     base = ppl["baseline"]
     result = dict(checkpoint=str(checkpoint), perplexity=ppl, delta={k: v - base for k, v in ppl.items()},
+                  delta_interval={k: intervals.paired_bootstrap_delta(nlls["baseline"], v, scored)
+                                  for k, v in nlls.items() if k != "baseline"},
+                  window_nll={k: [round(float(x), 6) for x in v] for k, v in nlls.items()},
                   seq_length=seq_length, num_sequences=num_sequences, alpha=alpha,
                   quantize_gates=quantize_gates)
     if json_path:
