@@ -50,6 +50,27 @@ def cuda_or_reason():
     return f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False)"
 
 
+def start_megatron_helper(tool: str, cpu_smoke: bool, module: str = "megatron.core",
+                          requirement: str = "megatron-core") -> None:
+    """The start of a helper that builds Megatron models: the kernel mode, CUDA (unless
+    ``cpu_smoke``), ``module`` importable, then torch.distributed and Megatron's parallel state —
+    NCCL on CUDA; gloo and the project's CPU shim only where CUDA is absent."""
+    import importlib
+
+    select_kernel_mode(cpu_smoke)
+    if not cpu_smoke:
+        reason = cuda_or_reason()
+        if reason:
+            fail(tool, f"needs CUDA: {reason}; --cpu-smoke checks this script on CPU")
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        fail(tool, f"needs {requirement} ({e}); gpu_check.sh installs megatron-core 0.19.2 from .whl/")
+    from megatron_gatednorm.distributed import init_distributed
+
+    init_distributed()
+
+
 def error_text(e: BaseException, limit: int = 1500) -> str:
     return f"{type(e).__name__}: {e}"[:limit]
 

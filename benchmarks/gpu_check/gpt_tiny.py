@@ -186,18 +186,9 @@ def ddp(setup, variant, ref):
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    C.select_kernel_mode(args.cpu_smoke)
-    if not args.cpu_smoke:
-        reason = C.cuda_or_reason()
-        if reason:
-            C.fail("gpt_tiny", f"needs CUDA: {reason}; --cpu-smoke checks this script on CPU")
-    try:
-        import megatron.core
-    except ImportError as e:
-        C.fail("gpt_tiny", f"needs megatron-core ({e}); gpu_check.sh installs it from .whl/")
-    from megatron_gatednorm.distributed import init_distributed
+    C.start_megatron_helper("gpt_tiny", args.cpu_smoke)
+    import megatron.core
 
-    init_distributed()  # NCCL on CUDA; gloo + the CPU shim only where CUDA is absent
     setup = Setup(args.cpu_smoke)
     res = C.Results(args.out, "gpt_tiny", args.budget_s)
     res.data["env"] = {

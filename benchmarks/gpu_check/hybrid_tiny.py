@@ -138,19 +138,9 @@ def train(setup, variant):
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    C.select_kernel_mode(args.cpu_smoke)
-    if not args.cpu_smoke:
-        reason = C.cuda_or_reason()
-        if reason:
-            C.fail("hybrid_tiny", f"needs CUDA: {reason}; --cpu-smoke checks this script on CPU")
-    try:
-        import megatron.core
-        from megatron.core.models import hybrid  # noqa: F401  (>= 0.18)
-    except ImportError as e:
-        C.fail("hybrid_tiny", f"needs megatron-core >= 0.18 ({e}); gpu_check.sh installs 0.19.2 from .whl/")
-    from megatron_gatednorm.distributed import init_distributed
+    C.start_megatron_helper("hybrid_tiny", args.cpu_smoke, "megatron.core.models.hybrid", "megatron-core >= 0.18")
+    import megatron.core
 
-    init_distributed()  # NCCL on CUDA; gloo + the CPU shim only where CUDA is absent
     setup = HybridSetup(args.cpu_smoke)
     res = C.Results(args.out, "hybrid_tiny", args.budget_s)
     res.data["env"] = {
