@@ -104,12 +104,32 @@ def read_checkpoint(load_dir, verify: bool = True) -> Tuple[Arch, argparse.Names
 
 def load_megatron_checkpoint(model, load_dir, verify: bool = True) -> None:
     """Load a Megatron-LM torch_dist checkpoint into a live model (any layout); with ``verify``
-    the files are first checked against the folder's manifest, if it has one (on every rank)."""
+    the files are first checked against the folder's manifest, if it has one — by rank 0 alone
+    when torch.distributed is initialised (every rank reads the same shared folder; hashing it
+    once per rank would read it world-size times), which tells the others the outcome."""
+    import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
     path, _ = iteration_dir(load_dir)
     check_format(path)
     if verify:
-        verify_iteration(path)
+        _verify_on_rank0(path, dist if dist.is_available() and dist.is_initialized() else None)
     state = dist_checkpointing.load(dict(model=model.sharded_state_dict()), str(path))
     model.load_state_dict(state["model"])
+
+
+def _verify_on_rank0(path: Path, dist) -> None:
+    """:func:`verify_iteration` on rank 0 (on the only process without ``dist``); every rank raises
+    the same :class:`CheckpointError` if it failed."""
+    if dist is None:
+        verify_iteration(path)
+        return
+    problem = [None]
+    if dist.get_rank() == 0:
+        try:
+            verify_iteration(path)
+        except CheckpointError as e:
+            problem[0] = str(e)
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        raise CheckpointError(problem[0])
