@@ -28,6 +28,8 @@ try:
         os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
         import torch._dynamo.config
 
+        # the environment reaches the processes tests start; this one imported torch above, whose
+        # config read the environment then
         torch._dynamo.config.disable = os.environ["TORCH_COMPILE_DISABLE"] == "1"
 except ImportError:  # pragma: no cover
     torch = None
