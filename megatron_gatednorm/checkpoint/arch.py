@@ -4,6 +4,10 @@
 :func:`arch_from_args` reads one (any megatron-core version: absent flags take Megatron's
 defaults from :data:`~megatron_gatednorm.model_shape.MEGATRON_FLAGS`); :func:`megatron_args`
 writes one for a model at a given parallel layout.
+
+A megatron-core ``HybridModel`` checkpoint (args with ``hybrid_layer_pattern``, megatron-core >=
+0.18) is read as its GPT-hybrid form plus the pattern (:attr:`Arch.hybrid_layer_pattern`), and
+written back with the HybridModel's args (:mod:`.hybrid_keys`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 
 from megatron_gatednorm.norm_flags import norm_config_dests, norm_config_from_args
 from megatron_gatednorm.checkpoint.errors import CheckpointError
+from megatron_gatednorm.checkpoint.hybrid_keys import gpt_shape, hybrid_shape
+from megatron_gatednorm.hybrid_pattern import layers
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.model_shape import (
     MEGATRON_FLAGS,
@@ -46,6 +52,9 @@ class Arch:
     rotary_percent: float = _EXTRA["rotary_percent"].default
     moe_router_pre_softmax: bool = _EXTRA["moe_router_pre_softmax"].default
     dtype: torch.dtype = torch.float32
+    hybrid_layer_pattern: Optional[str] = None
+    """Set for megatron-core's ``HybridModel``: its ``--hybrid-layer-pattern`` (``|`` splits kept);
+    ``shape`` is then the model's GPT-hybrid form (:mod:`.hybrid_keys`). None: a ``GPTModel``."""
 
     def replace(self, **changes) -> "Arch":
         return dataclasses.replace(self, **changes)
@@ -73,7 +82,14 @@ def megatron_args(
     names plus the plugin flags' dests), at the given parallel layout."""
     s = arch.shape
     ns = megatron_defaults()  # every flag of the table, by dest
-    ns.update(flags_from_shape(s))
+    if arch.hybrid_layer_pattern:  # a HybridModel's args: its own layer count, no per-layer frequencies
+        written, pattern = hybrid_shape(s)
+        if layers(arch.hybrid_layer_pattern) != pattern:
+            raise ValueError(f"invalid hybrid_layer_pattern={arch.hybrid_layer_pattern!r}: the model's "
+                             f"layers are {pattern!r}")
+        ns.update(flags_from_shape(written), hybrid_layer_pattern=arch.hybrid_layer_pattern)
+    else:
+        ns.update(flags_from_shape(s))
     ns.update(flags_from_extras(arch.extras()))  # 0.19's names and the older ones
     ns.update(
         vocab_size=vocab_size or s.vocab_size,
@@ -113,6 +129,9 @@ def arch_from_args(args, where: str = "common.pt") -> Arch:
     try:
         check_supported(values)
         shape = shape_from_flags(values, vocab_size=int(values["padded_vocab_size"]))
+        pattern = values.get("hybrid_layer_pattern")
+        if pattern:
+            shape = gpt_shape(shape, pattern)
         nc = norm_config_from_args(args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
@@ -129,6 +148,7 @@ def arch_from_args(args, where: str = "common.pt") -> Arch:
         rotary_percent=float(extras["rotary_percent"]),
         moe_router_pre_softmax=bool(extras["moe_router_pre_softmax"]),
         dtype=dtype,
+        hybrid_layer_pattern=pattern or None,
     )
 
 

@@ -8,6 +8,9 @@ per layer (``decoder.layers.{i}.X``); routed experts are stacked over experts
 parts (``.query .key .value .z .beta .alpha``) and its ``conv1d.weight`` in three. :func:`unstack`
 / :func:`stack` convert between that and the per-layer, per-expert, unsplit names of
 :mod:`megatron_gatednorm.convert.mapping`.
+
+A HybridModel checkpoint (``arch.hybrid_layer_pattern``) is never stacked over layers: its keys are
+renamed to and from its GPT-hybrid form (:mod:`.hybrid_keys`) first / last.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from megatron_gatednorm.checkpoint.arch import Arch
 from megatron_gatednorm.checkpoint.errors import CheckpointError
+from megatron_gatednorm.checkpoint.hybrid_keys import gpt_to_hybrid, hybrid_to_gpt
 from megatron_gatednorm.model_shape import ModelShape
 
 Tensors = Dict[str, torch.Tensor]
@@ -31,6 +35,8 @@ def unstack(tensors: Tensors, arch: Arch) -> Tensors:
     ``….mlp.experts.{e}.linear_fc1.weight``."""
     out: Tensors = {}
     L = arch.shape.num_layers
+    if arch.hybrid_layer_pattern:
+        tensors = _hybrid_renamed(hybrid_to_gpt, tensors, arch.hybrid_layer_pattern)
     for key, t in tensors.items():
         per_layer = []
         if key.startswith("decoder.layers.") and not _LAYER.match(key):
@@ -48,6 +54,13 @@ def unstack(tensors: Tensors, arch: Arch) -> Tensors:
             else:
                 out[name] = tensor
     return _join_gated_delta_net_parts(out)
+
+
+def _hybrid_renamed(rename, tensors: Tensors, pattern: str) -> Tensors:
+    try:
+        return rename(tensors, pattern)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # Megatron's split of Gated DeltaNet tensors in dist checkpoints (GatedDeltaNet.sharded_state_dict)
@@ -120,6 +133,8 @@ def stack(tensors: Tensors, arch: Arch) -> Tensors:
             out[name] = t
     for key, by_expert in grouped.items():
         out[key] = torch.stack([by_expert[e] for e in range(len(by_expert))])
+    if arch.hybrid_layer_pattern:  # HybridStack.sharded_state_dict: per-layer keys, always
+        return _hybrid_renamed(gpt_to_hybrid, out, arch.hybrid_layer_pattern)
     if non_homogeneous_layers(arch.shape):
         return out
     layered: Dict[str, Dict[int, torch.Tensor]] = {}

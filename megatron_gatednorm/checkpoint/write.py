@@ -85,7 +85,7 @@ def write_checkpoint(tensors: Tensors, args: argparse.Namespace, out_dir: Path, 
         key: ShardedTensor.from_rank_offsets(key, t.contiguous(), replica_id=0)
         for key, t in sorted(tensors.items())
     }
-    sharded.update(_linear_extra_states(tensors))
+    sharded.update(_linear_extra_states(tensors, hybrid=bool(getattr(args, "hybrid_layer_pattern", None))))
     with _process_group(), cuda_calls_on_cpu():
         save_sharded(out_dir, iteration, sharded, args)
         commit(out_dir, iteration)
@@ -96,13 +96,17 @@ _LINEAR = re.compile(
 )
 
 
-def _linear_extra_states(tensors: Tensors) -> dict:
+def _linear_extra_states(tensors: Tensors, hybrid: bool = False) -> dict:
     """The ``_extra_state`` objects Megatron's local linear layers checkpoint (``None`` for
     the local spec), one per stacked layer/expert, e.g. ``decoder.layers.mlp.linear_fc1.
-    _extra_state/shard_1_2``; loading into a model fails if they are missing."""
+    _extra_state/shard_1_2``; loading into a model fails if they are missing. A ``HybridModel``
+    (``hybrid``) also checkpoints its output layer's (megatron-core 0.19.2, tied embeddings; ``GPTModel`` does not)."""
     from megatron.core.dist_checkpointing import ShardedObject
 
     out = {}
+    if hybrid:
+        obj = ShardedObject("output_layer._extra_state", None, (1,), (0,), replica_id=0)
+        out[obj.unique_key] = obj
     for key, t in tensors.items():
         m = _LINEAR.match(key)
         if not m:
