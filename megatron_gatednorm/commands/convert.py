@@ -1,7 +1,7 @@
 """``mgn convert``: Megatron torch_dist checkpoints ⇄ Hugging Face folders, offline on CPU.
 
 ``mgn convert to-hf --load <megatron save dir> --out <hf dir> [--tokenizer DIR]`` and
-``mgn convert to-megatron --hf <hf dir> --out <megatron dir> [--tp N --pp N --ep N]``.
+``mgn convert to-megatron --hf <hf dir> --out <megatron dir> [--tp N --pp N --ep N] [--hybrid-model]``.
 See ``megatron_gatednorm/convert/README.md``.
 """
 
@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tokenizer-type", default=None,
                    help="Megatron's --tokenizer-type recorded in args (megatron.training compares it when "
                         "resuming without --finetune from a vocab-file tokenizer)")
+    m.add_argument("--hybrid-model", action="store_true",
+                   help="write a megatron-core HybridModel checkpoint (pretrain_hybrid.py, megatron-core >= 0.18; "
+                        "args carry --hybrid-layer-pattern, split into --pp stages by '|') instead of a GPTModel one")
     m.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is a checkpoint mgn wrote (nothing else in it)")
     m.add_argument("--no-verify", action="store_true",
@@ -61,6 +64,8 @@ def run(args) -> int:
         arch = convert_to_megatron(
             args.hf, args.out, tp=args.tp, pp=args.pp, ep=args.ep, overwrite=args.overwrite,
             vocab_size=args.vocab_size, tokenizer_type=args.tokenizer_type, verify=not args.no_verify,
+            hybrid_model=args.hybrid_model,
         )
-        print(f"wrote {args.out} (norm variant {arch.norm_config.variant}; load with --finetune or --no-load-optim --no-load-rng)")
+        model = f"HybridModel {arch.hybrid_layer_pattern!r}, " if arch.hybrid_layer_pattern else ""
+        print(f"wrote {args.out} ({model}norm variant {arch.norm_config.variant}; load with --finetune or --no-load-optim --no-load-rng)")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_gatednorm.convert import hf_io
+from megatron_gatednorm.hybrid_pattern import PIPE, pattern_from_gpt_layers
 from megatron_gatednorm.convert.mapping import hf_to_megatron
 from megatron_gatednorm.checkpoint import (
     Arch,
@@ -47,6 +48,16 @@ def check_layout(arch: Arch, tp: int, pp: int, ep: int) -> None:
             raise CheckpointError(f"invalid {flag}={n}: {field}={value} is not divisible by it")
     if ep > 1 and not s.num_experts:
         raise CheckpointError(f"invalid --ep={ep}: the model has no experts")
+
+
+def hybrid_model_pattern(arch: Arch, pp: int) -> str:
+    """The ``hybrid_layer_pattern`` of ``arch`` as a megatron-core ``HybridModel``: GPT layer i →
+    the symbols of layers 2i (mixer) and 2i+1 (FFN), with ``pp - 1`` ``|`` splitting the GPT layers
+    into ``pp`` equal pipeline stages (``check_layout`` checked that ``pp`` divides them)."""
+    s = arch.shape
+    pattern = pattern_from_gpt_layers(s.linear_attention_pattern(), s.moe_pattern())
+    per_stage = 2 * s.num_layers // pp
+    return PIPE.join(pattern[k: k + per_stage] for k in range(0, len(pattern), per_stage))
 
 
 def read_hf_config(hf_dir) -> tuple:
@@ -124,6 +135,7 @@ def convert_to_megatron(
     vocab_size: Optional[int] = None,
     tokenizer_type: Optional[str] = None,
     verify: bool = True,
+    hybrid_model: bool = False,
 ) -> Arch:
     """Convert the HF folder ``hf_dir`` into a Megatron-LM checkpoint in ``out``.
 
@@ -131,7 +143,11 @@ def convert_to_megatron(
     inside ``hf_dir``, may exist only with ``overwrite`` and then only as a folder mgn wrote;
     config.json must describe a supported model that ``tp``/``pp``/``ep`` divide. With ``verify``
     the folder's files are checked against its integrity manifest (if any). The checkpoint gets
-    an integrity manifest in its iteration folder and one for the whole folder."""
+    an integrity manifest in its iteration folder and one for the whole folder.
+
+    With ``hybrid_model`` the checkpoint is megatron-core's ``HybridModel`` (>= 0.18) of the same
+    weights: args with ``hybrid_layer_pattern`` (:func:`hybrid_model_pattern`) and ``num_layers``
+    = its layer count, keys renamed by :mod:`megatron_gatednorm.checkpoint.hybrid_keys`."""
     from megatron_gatednorm.checkpoint.manifest import check_replaceable
 
     out = Path(out)
@@ -146,6 +162,8 @@ def convert_to_megatron(
     check_layout(arch, tp, pp, ep)
     arch, hf_class, tensors = read_hf(hf_dir, verify=verify)
     arch = arch.replace(dtype=next(iter(tensors.values())).dtype)
+    if hybrid_model:
+        arch = arch.replace(hybrid_layer_pattern=hybrid_model_pattern(arch, pp))
     megatron = stack(hf_to_megatron(tensors, arch, hf_class), arch)
     args = megatron_args(
         arch, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
