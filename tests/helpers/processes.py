@@ -18,12 +18,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(cwd: Path, worker: str, nproc: int = 2, *args: str, timeout: int = 600) -> dict:
+def run_worker(cwd: Path, worker: str, nproc: int = 2, *args: str, timeout: int = 600, python=None) -> dict:
     """Run ``tests/workers/<worker>`` under torchrun in ``cwd`` → its JSON results (fails on a
-    non-zero exit)."""
+    non-zero exit). ``python``: the interpreter (default this one; e.g. .venv-mcore019's)."""
     out = Path(cwd) / f"{Path(worker).stem}.json"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+        str(python or sys.executable), "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
         f"--master-port={free_port()}", str(WORKERS / worker), "--out", str(out), *args,
     ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(WORKERS), str(REPO), os.environ.get("PYTHONPATH", "")]))

@@ -1,0 +1,204 @@
+"""megatron-core 0.19.2's HybridModel and conversion, on CPU in .venv-mcore019 (``torchrun
+--nproc-per-node 2``); the pytest side is tests/test_hybrid_convert.py. One launch, three phases:
+
+1. GPT hybrid ⇄ HybridModel (single-rank models, TP=PP=1): weights moved off their initial values
+   in one model, renamed by :mod:`megatron_gatednorm.checkpoint.hybrid_keys` and loaded (strict)
+   into the other; both directions, the logits of both models recorded.
+2. Tiny HybridModels saved at TP=2, PP=2 (the pattern split by ``|``) and EP=2 with their args, as
+   convert_save.py does for GPT models: Megatron's logits per layout, greedy continuation at TP=2.
+3. The Megatron side of ``to-megatron --hybrid-model``: a subprocess (one process, no torchrun: the
+   converter's setting) reads the TP=2 save, unstacks it to the GPT-hybrid per-layer names and
+   writes it back as a HybridModel checkpoint (``stack`` + ``megatron_args`` + ``write_checkpoint``,
+   what ``convert_to_megatron`` runs after its HF mapping); both ranks load it at PP=2 and record
+   the logits.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import torch
+from _common import full_state, perturb as shared_perturb, write
+from convert_save import NEW, SEQ, case_arch as gpt_case_arch, greedy, logits_of, perturb, tokens
+
+from megatron_gatednorm.checkpoint import (
+    Arch, iteration_dir, load_megatron_checkpoint, megatron_args, save_checkpoint,
+)
+from megatron_gatednorm.checkpoint.hybrid_keys import gpt_to_hybrid, hybrid_shape, hybrid_to_gpt
+from megatron_gatednorm.distributed import init_distributed
+from megatron_gatednorm.hybrid_pattern import layers
+
+# name -> (convert_save case giving norms and extras, GPT-hybrid shape changes): 2 GPT layers each
+CASES = {
+    # the RMSNorm baseline with Qwen3-Next's choices (gated shared expert, zero-centred gamma,
+    # QK-norm, output gate, partial RoPE): stock Qwen3NextForCausalLM
+    "hybrid_qwen3_next": ("next_qwen3", dict(num_layers=2, linear_attention_freq=2), "GE*E", "GE|*E"),
+    # a variant on a dense-FFN/MoE mix: the exported architecture
+    "hybrid_gatednorm": ("next_gatednorm", dict(num_layers=2, linear_attention_freq=2, moe_layer_freq=[1, 0]),
+                         "GE*-", "GE|*-"),
+}
+LAYOUTS = {"tp2": dict(tp=2), "pp2": dict(pp=2), "ep2": dict(ep=2)}
+
+
+def case_arch(name, pp=1) -> Arch:
+    base, changes, pattern, split = CASES[name]
+    arch = gpt_case_arch(base)
+    return arch.replace(shape=arch.shape.replace(**changes), hybrid_layer_pattern=split if pp > 1 else pattern)
+
+
+def _seed():
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    torch.manual_seed(1234)
+    model_parallel_cuda_manual_seed(1234)
+
+
+def _config(arch: Arch, shape):
+    from megatron_gatednorm.model import transformer_config
+
+    return transformer_config(shape, arch.norm_config, use_cpu_initialization=True,
+                              **arch.transformer_config_overrides())
+
+
+def build_hybrid(arch: Arch):
+    """This rank's HybridModel of ``arch`` (its pattern, its GPT-hybrid shape as HybridModel args)."""
+    from megatron_gatednorm.hybrid_specs import build_hybrid_model
+
+    _seed()
+    shape, _ = hybrid_shape(arch.shape)
+    return build_hybrid_model(_config(arch, shape), arch.hybrid_layer_pattern, shape.vocab_size, SEQ + NEW,
+                              rotary_percent=arch.rotary_percent, rotary_base=int(arch.rotary_base)).eval()
+
+
+def build_gpt(arch: Arch):
+    from megatron_gatednorm.model import build_gpt_model
+
+    _seed()
+    return build_gpt_model(arch.shape, _config(arch, arch.shape), max_sequence_length=SEQ + NEW,
+                           rotary_percent=arch.rotary_percent, rotary_base=int(arch.rotary_base)).eval()
+
+
+def _load_renamed(target, source_state, rename, pattern):
+    """Load ``rename(source_state, pattern)`` into ``target`` (strict: exactly its tensor names)."""
+    local = target.state_dict()
+    renamed = rename(source_state, pattern)
+    wanted = {k for k, v in local.items() if not k.endswith("_extra_state") and isinstance(v, torch.Tensor)}
+    assert set(renamed) == wanted, (sorted(set(renamed) ^ wanted))[:8]
+    local.update(renamed)
+    target.load_state_dict(local, strict=True)
+    return len(renamed)
+
+
+def _state(model):
+    return {k: v for k, v in full_state(model).items() if isinstance(v, torch.Tensor)}
+
+
+def equivalence():
+    init_distributed(device="cpu")
+    results, toks = {}, tokens()
+    vocab = 128
+    for name in CASES:
+        arch = case_arch(name)
+        pattern = arch.hybrid_layer_pattern
+        gpt, hybrid = build_gpt(arch), build_hybrid(arch)
+        shared_perturb(gpt)
+        before = logits_of(hybrid, toks, vocab)
+        n = _load_renamed(hybrid, _state(gpt), gpt_to_hybrid, pattern)
+        a, b = logits_of(gpt, toks, vocab), logits_of(hybrid, toks, vocab)
+        results[f"{name}/gpt->hybrid"] = dict(diff=float((a - b).abs().max()), scale=float(a.abs().max()),
+                                               changed=float((b - before).abs().max()), tensors=n)
+        gpt, hybrid = build_gpt(arch), build_hybrid(arch)
+        shared_perturb(hybrid)
+        before = logits_of(gpt, toks, vocab)
+        n = _load_renamed(gpt, _state(hybrid), hybrid_to_gpt, pattern)
+        a, b = logits_of(hybrid, toks, vocab), logits_of(gpt, toks, vocab)
+        results[f"{name}/hybrid->gpt"] = dict(diff=float((a - b).abs().max()), scale=float(a.abs().max()),
+                                               changed=float((b - before).abs().max()), tensors=n)
+    return results
+
+
+def save_all(out_dir):
+    results, toks = {}, tokens()
+    for layout, kw in LAYOUTS.items():  # layout outermost: one set of process groups per layout
+        init_distributed(tensor_model_parallel_size=kw.get("tp", 1), pipeline_model_parallel_size=kw.get("pp", 1),
+                         expert_model_parallel_size=kw.get("ep", 1), device="cpu")
+        for name in CASES:
+            arch = case_arch(name, pp=kw.get("pp", 1))
+            model = build_hybrid(arch)
+            perturb(model)
+            path = os.path.join(out_dir, name, layout)
+            args = megatron_args(arch, tensor_model_parallel_size=kw.get("tp", 1),
+                                 pipeline_model_parallel_size=kw.get("pp", 1),
+                                 expert_model_parallel_size=kw.get("ep", 1))
+            save_checkpoint(path, 0, model, args)
+            vocab = arch.shape.vocab_size
+            r = results[f"{name}/{layout}"] = dict(ckpt=path, pattern=arch.hybrid_layer_pattern,
+                                                   logits=logits_of(model, toks, vocab).tolist())
+            if layout == "tp2":
+                r["greedy"] = greedy(model, toks, vocab).tolist()
+    return results
+
+
+_REWRITE = """
+import sys
+from megatron_gatednorm.checkpoint import megatron_args, read_checkpoint, stack, unstack, write_checkpoint
+from megatron_gatednorm.convert.to_megatron import hybrid_model_pattern
+for src, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    arch, _, tensors = read_checkpoint(src)
+    per_layer = unstack(tensors, arch)  # the GPT-hybrid names convert/mapping.py maps
+    arch = arch.replace(hybrid_layer_pattern=hybrid_model_pattern(arch, 2))
+    write_checkpoint(stack(per_layer, arch), megatron_args(arch, pipeline_model_parallel_size=2), out)
+"""
+
+
+def rewrite_and_load(saved, out_dir):
+    """Phase 3: rank 0 rewrites every TP=2 save as to-megatron --hybrid-model would, at PP=2 with
+    its ``|`` split; both ranks load it into a HybridModel at PP=2."""
+    import torch.distributed as dist
+
+    from megatron_gatednorm.checkpoint.common_state import read_common
+    from megatron_gatednorm.checkpoint import arch_from_args
+
+    paths = {name: os.path.join(out_dir, "rewritten", name) for name in CASES}
+    if dist.get_rank() == 0:
+        pairs = [p for name, path in paths.items() for p in (saved[f"{name}/tp2"]["ckpt"], path)]
+        proc = subprocess.run([sys.executable, "-c", _REWRITE, *pairs], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    init_distributed(pipeline_model_parallel_size=2, device="cpu")
+    dist.barrier()
+    results, toks = {}, tokens()
+    for name, path in paths.items():
+        args = read_common(iteration_dir(path)[0])["args"]
+        arch = arch_from_args(args)
+        model = build_hybrid(arch)
+        before = logits_of(model, toks, arch.shape.vocab_size)
+        load_megatron_checkpoint(model, path)
+        logits = logits_of(model, toks, arch.shape.vocab_size)
+        results[f"{name}/rewritten@pp2"] = dict(
+            logits=logits.tolist(), changed=float((logits - before).abs().max()), pattern=args.hybrid_layer_pattern,
+            num_layers=args.num_layers, experimental_attention_variant=args.experimental_attention_variant,
+            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        )
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--ckpt", required=True)
+    args = p.parse_args()
+    import time
+
+    start = time.time()
+    results = {"equivalence": equivalence()}
+    results["_seconds_equivalence"] = time.time() - start
+    results["saved"] = save_all(args.ckpt)
+    results["_seconds_saved"] = time.time() - start
+    results["rewritten"] = rewrite_and_load(results["saved"], args.ckpt)
+    results["_seconds_total"] = time.time() - start
+    write(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
