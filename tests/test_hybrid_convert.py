@@ -84,6 +84,13 @@ def test_hybrid_checkpoints_convert_to_hf(worker, converted):
             assert generated.tolist() == r["greedy"], key
 
 
+def _stored_keys(ckpt):
+    from megatron_gatednorm.checkpoint.common_state import read_metadata
+    from megatron_gatednorm.checkpoint.paths import iteration_dir
+
+    return set(read_metadata(iteration_dir(ckpt)[0]).state_dict_metadata)
+
+
 def test_hf_to_hybrid_model_to_hf_is_byte_identical(worker, converted, work):
     from megatron_gatednorm.checkpoint import read_checkpoint
     from megatron_gatednorm.convert.hf_io import read_safetensors
@@ -110,6 +117,9 @@ def test_hf_to_hybrid_model_to_hf_is_byte_identical(worker, converted, work):
         assert sorted(original) == sorted(written), case
         for k in original:
             assert _same(base, k, original[k], written[k]), (case, k)
+        # and every other object Megatron saved (its linears' and output layer's _extra_state), which a
+        # HybridModel needs to load; 0.19 keeps the common state in the torch_dist files, 0.16 in common.pt
+        assert _stored_keys(back) == _stored_keys(worker["saved"][f"{case}/pp2"]["ckpt"]) - {"common_state/shard_0_1"}
         for field in ("hybrid_layer_pattern", "num_layers", "num_experts", "experimental_attention_variant",
                       "linear_attention_freq", "moe_layer_freq", "pipeline_model_parallel_size"):
             assert getattr(back_args, field) == getattr(args, field), (case, field)
