@@ -3,9 +3,9 @@
 
 One torchrun launch in .venv-mcore019 (megatron-core 0.19.2; tests/workers/hybrid_convert.py)
 compares GPT hybrid and HybridModel logits on renamed weights, saves tiny HybridModels at TP=2,
-PP=2 (pattern split by ``|``) and EP=2 with Megatron's logits and greedy continuation, and loads a
-checkpoint written by the ``--hybrid-model`` writer at PP=2. The conversions to and from HF run
-here (CI's main environment: megatron-core 0.16.1, transformers), against the recorded logits.
+PP=2 (pattern split by ``|``) and EP=2 with Megatron's logits and greedy continuation. The
+conversions to and from HF run here (CI's main environment: megatron-core 0.16.1, transformers),
+against the recorded logits and Megatron's own saves.
 """
 
 import json
@@ -123,18 +123,6 @@ def test_hf_to_hybrid_model_to_hf_is_byte_identical(worker, converted, work):
         for field in ("hybrid_layer_pattern", "num_layers", "num_experts", "experimental_attention_variant",
                       "linear_attention_freq", "moe_layer_freq", "pipeline_model_parallel_size"):
             assert getattr(back_args, field) == getattr(args, field), (case, field)
-
-
-def test_hybrid_model_writer_loads_in_megatron(worker):
-    """The ``--hybrid-model`` writer's checkpoint (of the TP=2 save), loaded by megatron-core 0.19.2
-    into a HybridModel at PP=2 built from its own args, gives the saved model's logits."""
-    for case in CASES:
-        r = worker["rewritten"][f"{case}/rewritten@pp2"]
-        assert (r["pattern"], r["num_layers"], r["pipeline_model_parallel_size"]) == (CASES[case][3], 4, 2)
-        assert r["experimental_attention_variant"] is None
-        ref = torch.tensor(worker["saved"][f"{case}/tp2"]["logits"])
-        assert r["changed"] > 0.01, case
-        assert float((torch.tensor(r["logits"]) - ref).abs().max()) < FP32_TIGHT, case
 
 
 def test_cli_hybrid_model_and_pattern_without_gpt_form(converted, work, capsys):
