@@ -33,6 +33,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
+from megatron_gatednorm import hybrid_pattern
+
 DIRECT, INVERTED, DERIVED = "direct", "inverted", "derived"
 
 Freq = Union[int, List[int]]
@@ -100,6 +102,8 @@ class MegatronFlag:
     """The converters' ``Arch`` field it sets, for flags beyond the shape (norm epsilon, RoPE)."""
     required: bool = False
     """Megatron-LM refuses to run without it."""
+    required_unless: str = ""
+    """… unless this other flag (a dest) is given: a hybrid layer pattern gives the layer count."""
     rule: Optional[Callable[[Mapping[str, Any], Mapping[str, Any]], Any]] = None
     """For ``derived``: ``rule(resolved, raw)`` → the field's value, from every row's resolved
     value (by dest) and the raw flag values (for flags outside the table, e.g. ``seq_length``)."""
@@ -134,6 +138,13 @@ def _ffn_hidden_size(v, raw):
     return int((4 * v["hidden_size"] * 2 / 3) / 64) * 64 if v["swiglu"] else 4 * v["hidden_size"]
 
 
+def _num_layers(v, raw):
+    """The layers of ``--hybrid-layer-pattern`` where it is given (megatron.training >= 0.18
+    derives ``num_layers`` from it and ignores the flag), else ``--num-layers``."""
+    pattern = v["hybrid_layer_pattern"]
+    return len(hybrid_pattern.layers(pattern)) if pattern else v["num_layers"]
+
+
 def _num_query_groups(v, raw):
     """Read only with ``--group-query-attention``; otherwise multi-head attention (None)."""
     return v["num_query_groups"] if v["group_query_attention"] else None
@@ -162,7 +173,8 @@ _CONVERTERS = "the converters and the Hugging Face model"
 
 MEGATRON_FLAGS: Tuple[MegatronFlag, ...] = (
     # -- the shape ----------------------------------------------------------------------
-    MegatronFlag("num_layers", int, None, "num_layers", config="num_layers", required=True),
+    MegatronFlag("num_layers", int, None, "num_layers", DERIVED, config="num_layers", required=True,
+                 required_unless="hybrid_layer_pattern", rule=_num_layers),
     MegatronFlag("hidden_size", int, None, "hidden_size", config="hidden_size", required=True),
     MegatronFlag("num_attention_heads", int, None, "num_attention_heads", config="num_attention_heads",
                  required=True),
@@ -203,6 +215,7 @@ MEGATRON_FLAGS: Tuple[MegatronFlag, ...] = (
     MegatronFlag("linear_value_head_dim", int, 128, "linear_value_head_dim", config="linear_value_head_dim"),
     MegatronFlag("linear_num_key_heads", int, 16, "linear_num_key_heads", config="linear_num_key_heads"),
     MegatronFlag("linear_num_value_heads", int, 32, "linear_num_value_heads", config="linear_num_value_heads"),
+    MegatronFlag("hybrid_layer_pattern", str, None, "hybrid_layer_pattern"),
     # -- beyond the shape: numerics the converters keep (Arch) ----------------------------
     MegatronFlag("norm_epsilon", float, 1e-5, dest="layernorm_epsilon", config="layernorm_epsilon",
                  arch="norm_epsilon"),
@@ -233,6 +246,7 @@ MEGATRON_FLAGS: Tuple[MegatronFlag, ...] = (
 )
 
 _BY_FLAG: Dict[str, MegatronFlag] = {row.flag: row for row in MEGATRON_FLAGS}
+_BY_DEST: Dict[str, MegatronFlag] = {row.dest: row for row in MEGATRON_FLAGS}
 _SHAPE_ROWS = tuple(row for row in MEGATRON_FLAGS if row.field)
 _EXTRA_ROWS = tuple(row for row in MEGATRON_FLAGS if row.arch)
 # flags outside the shape that the plugin pins (normalization='RMSNorm' ...)
@@ -272,7 +286,8 @@ class ModelShape:
     the plugin supports it, else the supported value (SwiGLU, no biases, RoPE)."""
 
     num_layers: int
-    """Transformer layers (``--num-layers``)."""
+    """Transformer layers (``--num-layers``); of a HybridModel, the layers of its pattern (each
+    token mixer and each FFN is a layer of its own)."""
     hidden_size: int
     """Residual-stream width h (``--hidden-size``)."""
     num_attention_heads: int
@@ -328,6 +343,11 @@ class ModelShape:
     """Gated DeltaNet query/key heads."""
     linear_num_value_heads: int = _plugin_default("linear_num_value_heads")
     """Gated DeltaNet value heads."""
+    hybrid_layer_pattern: Optional[str] = _plugin_default("hybrid_layer_pattern")
+    """megatron-core >= 0.18's ``HybridModel``: one symbol per layer (:mod:`megatron_gatednorm.
+    hybrid_pattern`), ``|`` between pipeline segments; it then decides every layer's kind and
+    ``experimental_attention_variant`` / ``linear_attention_freq`` / ``moe_layer_freq`` are unused.
+    None: a ``GPTModel``."""
 
     @property
     def head_dim(self) -> int:
@@ -337,7 +357,22 @@ class ModelShape:
     def query_groups(self) -> int:
         return self.num_query_groups or self.num_attention_heads
 
+    def layer_symbols(self) -> str:
+        """One HybridModel symbol per layer (``G`` Gated DeltaNet, ``*`` attention, ``E`` MoE,
+        ``-`` MLP), pipeline boundaries removed; a GPTModel's layer ``i`` is the pair ``2i, 2i+1``."""
+        if self.hybrid_layer_pattern:
+            return hybrid_pattern.layers(self.hybrid_layer_pattern)
+        return hybrid_pattern.pattern_from_gpt_layers(self.linear_attention_pattern(), self.moe_pattern())
+
+    @property
+    def gated_delta_net(self) -> bool:
+        """Whether any layer is Gated DeltaNet."""
+        return "G" in self.layer_symbols()
+
     def moe_pattern(self) -> List[int]:
+        """Per GPT layer: 1 where its FFN is MoE (a HybridModel's: of its (mixer, FFN) pairs)."""
+        if self.hybrid_layer_pattern:
+            return hybrid_pattern.gpt_layers_from_pattern(self.hybrid_layer_pattern)[1]
         if not self.num_experts:
             return [0] * self.num_layers
         if isinstance(self.moe_layer_freq, int):
@@ -345,6 +380,9 @@ class ModelShape:
         return list(self.moe_layer_freq)
 
     def linear_attention_pattern(self) -> List[int]:
+        """Per GPT layer: 1 where its token mixer is Gated DeltaNet (a HybridModel's: of its pairs)."""
+        if self.hybrid_layer_pattern:
+            return hybrid_pattern.gpt_layers_from_pattern(self.hybrid_layer_pattern)[0]
         if self.experimental_attention_variant != "gated_delta_net":
             return [0] * self.num_layers
         if isinstance(self.linear_attention_freq, int):
@@ -353,6 +391,29 @@ class ModelShape:
 
     def replace(self, **changes) -> "ModelShape":
         return dataclasses.replace(self, **changes)
+
+
+def hybrid_form(shape: ModelShape, pipeline_segments: int = 1) -> ModelShape:
+    """The HybridModel with ``shape``'s layers (a GPTModel, hybrid or not): GPT layer ``i``
+    becomes layers ``2i`` (mixer) and ``2i + 1`` (FFN) of the pattern
+    (:func:`~megatron_gatednorm.hybrid_pattern.pattern_from_gpt_layers`), cut into
+    ``pipeline_segments`` equal ``|`` segments of whole GPT layers. Same parameters, same norms.
+
+    Raises:
+        ValueError: ``shape`` is a HybridModel already, or the segments do not divide its layers.
+    """
+    if shape.hybrid_layer_pattern:
+        raise ValueError(f"invalid shape: already a HybridModel (hybrid_layer_pattern={shape.hybrid_layer_pattern!r})")
+    layers = shape.num_layers
+    if pipeline_segments < 1 or layers % pipeline_segments:
+        valid = [d for d in range(1, layers + 1) if layers % d == 0]
+        raise ValueError(f"invalid pipeline segments={pipeline_segments}: they must divide num_layers={layers} "
+                         f"(whole GPT layers per segment); valid: {', '.join(map(str, valid))}")
+    symbols = shape.layer_symbols()
+    step = len(symbols) // pipeline_segments
+    pattern = hybrid_pattern.PIPE.join(symbols[i:i + step] for i in range(0, len(symbols), step))
+    return shape.replace(hybrid_layer_pattern=pattern, num_layers=len(symbols), experimental_attention_variant=None,
+                         linear_attention_freq=None, moe_layer_freq=megatron_default("moe_layer_freq"))
 
 
 # -- reading flag values ----------------------------------------------------------------
@@ -383,7 +444,8 @@ def flag_value(values: Mapping[str, Any], flag: str):
 
 def missing_required(values: Mapping[str, Any]) -> List[str]:
     """The flags Megatron-LM requires that ``values`` lacks (or has as None)."""
-    return [row.flag for row in MEGATRON_FLAGS if row.required and _given(row, values) is None]
+    return [row.flag for row in MEGATRON_FLAGS if row.required and _given(row, values) is None
+            and not (row.required_unless and _given(_BY_DEST[row.required_unless], values) is not None)]
 
 
 def check_supported(values: Mapping[str, Any]) -> None:
@@ -411,7 +473,7 @@ def shape_from_flags(values: Mapping[str, Any], vocab_size: Optional[int] = None
     if missing:
         raise ValueError(f"invalid {missing[0]}=None: required")
     resolved = {row.dest: _resolved(row, values) for row in MEGATRON_FLAGS}
-    layers = resolved["num_layers"]
+    layers = _num_layers(resolved, values)
     for row in MEGATRON_FLAGS:
         if row.type is freq:
             resolved[row.dest] = parse_freq(row.dest, resolved[row.dest], layers)

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from megatron_gatednorm.hybrid_pattern import MIXERS
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.model_shape import ModelShape, megatron_default
 
@@ -91,7 +92,7 @@ def _moe_params(s: ModelShape, active: bool) -> int:
 
 
 def count_params(s: ModelShape, nc: Optional[NormConfig] = None, active: bool = False) -> dict:
-    """Parameter count by component; ``total`` is what ``GPTModel`` holds (``active``: per
+    """Parameter count by component; ``total`` is what ``GPTModel`` (or ``HybridModel``) holds (``active``: per
     token, counting top-k routed experts). ``nc=None`` is the RMSNorm baseline."""
     h = s.hidden_size
     c = dict(embedding=s.vocab_size * h, output_layer=0, attention=0, linear_attention=0, mlp=0, norms=0)
@@ -101,21 +102,25 @@ def count_params(s: ModelShape, nc: Optional[NormConfig] = None, active: bool = 
         c["embedding"] += s.max_position_embeddings * h
     attn_norm, mlp_norm = (norm_params(h, nc, _slot_variant(nc, slot)) for slot in ("attn", "mlp"))
     qk_norm = norm_params(s.head_dim, nc, _slot_variant(nc, "qk")) if s.qk_layernorm else 0
-    for linear, moe in zip(s.linear_attention_pattern(), s.moe_pattern()):
-        if linear:
+    # one HybridModel layer per symbol; a GPT layer is a (mixer, FFN) pair, with the same parameters
+    for symbol in s.layer_symbols():
+        if symbol == "G":
             c["linear_attention"] += _gated_delta_net_params(s)
-        else:
+        elif symbol == "*":
             c["attention"] += _attention_params(s)
             c["norms"] += 2 * qk_norm
-        c["mlp"] += _moe_params(s, active) if moe else _mlp_params(h, s.ffn_hidden_size, s.swiglu, s.add_bias_linear)
-        c["norms"] += attn_norm + mlp_norm
+        elif symbol == "E":
+            c["mlp"] += _moe_params(s, active)
+        else:
+            c["mlp"] += _mlp_params(h, s.ffn_hidden_size, s.swiglu, s.add_bias_linear)
+        c["norms"] += attn_norm if symbol in MIXERS else mlp_norm
     c["norms"] += norm_params(h, nc, _slot_variant(nc, "final"))
     c["total"] = sum(c.values())
     return c
 
 
 def _parity_field(s: ModelShape) -> str:
-    if 0 in s.moe_pattern():
+    if "-" in s.layer_symbols():  # a dense MLP layer
         return "ffn_hidden_size"
     return "moe_shared_expert_intermediate_size" if s.moe_shared_expert_intermediate_size else "moe_ffn_hidden_size"
 

@@ -33,8 +33,11 @@ Bytes:
   - MoE MLP: ``2h + topk·(h + m·f_moe) + m·f_shared`` (``topk`` routed copies, shared expert);
   - plus ``(gated norm slots among attn, mlp)·(h + r)`` for the gate scores of gated norms;
 
-  a stage keeps ``(L / pp)·mean(A)`` per micro-batch, or with ``recompute_granularity=full``
-  ``(L / pp)·2·sb·h / tp + max(A)`` (each layer's input plus one layer recomputed);
+  ``A`` is per GPT layer (its token mixer and FFN), or per HybridModel layer (each of which
+  keeps its own input); a stage keeps ``(L / pp)·mean(A)`` per micro-batch, or with
+  ``recompute_granularity=full`` ``(L / pp)·2·sb·h / tp + max(A)`` (each layer's input plus one
+  layer recomputed); a HybridModel pattern with ``|`` segments: the stage with the most, from
+  its own layers (segment ``i`` on pipeline rank ``i mod pp``);
   1F1B keeps ``min(pp, micro-batches per step)`` micro-batches in flight; the last stage adds
   the logits ``6·sb·V / tp`` (bf16 + an fp32 copy for the loss);
   ``activations = activation_memory_factor·(stage·in_flight + logits)``;
@@ -45,8 +48,9 @@ Bytes:
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
+from megatron_gatednorm.hybrid_pattern import PIPE
 from megatron_gatednorm.model_shape import ModelShape
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.parity import count_params
@@ -59,7 +63,22 @@ def _routed_expert_params(s: ModelShape) -> int:
         return 0
     f = s.moe_ffn_hidden_size or s.ffn_hidden_size
     per_expert = s.hidden_size * f * (3 if s.swiglu else 2)
-    return sum(s.moe_pattern()) * s.num_experts * per_expert
+    return s.layer_symbols().count("E") * s.num_experts * per_expert
+
+
+def _stages(per_layer: List[float], pattern: Optional[str], pp: int) -> List[Tuple[float, float, float]]:
+    """``(layers, sum, max)`` of the per-layer activations of each pipeline stage: a pattern's ``|``
+    segments (segment ``i`` on rank ``i mod pp``, virtual stages included), else Megatron's even
+    split, every stage at ``(L / pp)·mean`` with the model's largest layer."""
+    if pattern and PIPE in pattern:
+        stages: List[List[float]] = [[] for _ in range(pp)]
+        start = 0
+        for i, segment in enumerate(pattern.split(PIPE)):
+            stages[i % pp] += per_layer[start:start + len(segment)]
+            start += len(segment)
+        return [(len(st), sum(st), max(st)) for st in stages if st]
+    n = len(per_layer) / pp
+    return [(n, n * sum(per_layer) / len(per_layer), max(per_layer))]
 
 
 def memory_estimate(plan_m: Dict[str, Any], shape: ModelShape, nc: NormConfig, world: int,
@@ -101,19 +120,18 @@ def memory_estimate(plan_m: Dict[str, Any], shape: ModelShape, nc: NormConfig, w
     dense_mlp = 2 * h + fmul * shape.ffn_hidden_size
     moe_f = shape.moe_ffn_hidden_size or shape.ffn_hidden_size
     moe_mlp = 2 * h + shape.moe_router_topk * (h + fmul * moe_f) + fmul * (shape.moe_shared_expert_intermediate_size or 0)
-    gated_slots = len([p for p in ("attn", "mlp") if p in nc.placement]) if nc.gated else 0
-    norm_extra = gated_slots * (h + nc.rank)
-    per_layer = []
-    for linear, moe in zip(shape.linear_attention_pattern(), shape.moe_pattern()):
-        units = (linear_attn if linear else attn) + (moe_mlp if moe else dense_mlp) + norm_extra
-        per_layer.append(2 * sb * units / tp)
-    layers_per_stage = shape.num_layers / pp
-    mean_layer = sum(per_layer) / len(per_layer)
+    units = {"G": linear_attn, "*": attn, "E": moe_mlp, "-": dense_mlp}
+    slot = {"G": "attn", "*": "attn", "E": "mlp", "-": "mlp"}
+    norm_extra = {s: (h + nc.rank) if nc.gated and slot[s] in nc.placement else 0 for s in units}
+    # per GPT layer (mixer + FFN), or per HybridModel layer (each stores its own input)
+    symbols = shape.layer_symbols()
+    step = 1 if shape.hybrid_layer_pattern else 2
+    per_layer = [2 * sb * sum(units[x] + norm_extra[x] for x in symbols[i:i + step]) / tp
+                 for i in range(0, len(symbols), step)]
     granularity = plan_m.get("recompute_granularity")
-    if granularity == "full":
-        stage_act = layers_per_stage * 2 * sb * h / tp + max(per_layer)
-    else:
-        stage_act = layers_per_stage * mean_layer
+    # a stage keeps every layer's activations, or with full recompute each layer's input and one layer
+    stage_act = max(n * 2 * sb * h / tp + largest if granularity == "full" else total
+                    for n, total, largest in _stages(per_layer, shape.hybrid_layer_pattern, pp))
     inflight = min(pp, num_microbatches)
     logits = 6 * sb * shape.vocab_size / tp
     activations = factor * (stage_act * inflight + logits)

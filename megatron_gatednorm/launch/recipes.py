@@ -64,6 +64,11 @@ class LaunchSection:
     """Ranks per node, one per GPU. int >= 1."""
     device: str = _setting("cuda", choices=("cuda", "cpu"))
     """cuda or cpu (cpu: no GPU request, gloo; for smoke tests). str, one of cuda, cpu."""
+    model: str = _setting("gpt", choices=("gpt", "hybrid"))
+    """gpt: Megatron's ``GPTModel`` (the Gated DeltaNet hybrid through ``experimental_attention_variant``);
+    hybrid: megatron-core >= 0.18's ``HybridModel`` with ``megatron.hybrid_layer_pattern``, or, where
+    that is unset, the pattern of the recipe's GPT layers (each a mixer and an FFN layer; one ``|``
+    segment per pipeline stage or virtual stage). str, one of gpt, hybrid."""
     launcher: str = _setting("srun", choices=("srun", "torchrun"))
     """srun (one task per GPU) or torchrun (one task per node). str, one of srun, torchrun."""
     train_tokens: Optional[float] = _setting(None, min=1)

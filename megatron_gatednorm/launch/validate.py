@@ -5,7 +5,8 @@
 budget, the parity FFN width), the plugin's :class:`NormConfig`, the model's
 :class:`ModelShape`, parameter counts and a per-GPU memory estimate. In order:
 
-1. launcher settings (:func:`check_launch`) and the model the flags describe
+1. launcher settings (:func:`check_launch`), the HybridModel form and its layer pattern
+   (:func:`plan_hybrid`, :func:`check_hybrid`) and the model the flags describe
    (:func:`check_model`: sequence, recompute modules, shape, vocabulary);
 2. the parallel layout (:func:`check_layout`: TP/PP/CP/EP against heads, layers, experts, nodes);
 3. parameter parity (:func:`apply_parity`: the variant's FFN width for the baseline's count);
@@ -31,7 +32,8 @@ from megatron_gatednorm.norm_config import NormConfig, NormConfigError
 from megatron_gatednorm.device import parse_device
 from megatron_gatednorm.launch.memory import memory_estimate
 from megatron_gatednorm.launch.recipes import Recipe
-from megatron_gatednorm.model_shape import ModelShape, flag_value, missing_required, shape_from_flags
+from megatron_gatednorm import hybrid_pattern
+from megatron_gatednorm.model_shape import ModelShape, flag_value, hybrid_form, missing_required, shape_from_flags
 from megatron_gatednorm.parity import count_params, padded_vocab, parity_ffn
 
 
@@ -108,13 +110,14 @@ def check_layout(m: Dict[str, Any], shape: ModelShape, nodes: int, gpus_per_node
         raise ValueError(
             f"tensor_model_parallel_size={tp} exceeds gpus_per_node={gpus_per_node} (tensor parallelism "
             f"must stay inside a node); valid: {_fmt(tp_ok)}")
-    if shape.experimental_attention_variant == "gated_delta_net":
+    if shape.gated_delta_net:
         for key, n in (("linear_num_key_heads", shape.linear_num_key_heads), ("linear_num_value_heads", shape.linear_num_value_heads)):
             if n % tp:
                 raise ValueError(f"tensor_model_parallel_size={tp} does not divide {key}={n}; valid: "
                                  f"{_fmt([d for d in tp_ok if n % d == 0])}")
     layers = shape.num_layers
-    if layers % pp:
+    piped = shape.hybrid_layer_pattern and hybrid_pattern.PIPE in shape.hybrid_layer_pattern
+    if layers % pp and not piped:  # a pattern's | segments are checked by check_hybrid
         pp_ok = [d for d in divisors(layers) if world % (tp * d) == 0]
         raise ValueError(f"pipeline_model_parallel_size={pp} does not divide num_layers={layers}; valid: {_fmt(pp_ok)}")
     vp = m.get("num_layers_per_virtual_pipeline_stage")
@@ -150,6 +153,88 @@ def check_layout(m: Dict[str, Any], shape: ModelShape, nodes: int, gpus_per_node
         raise ValueError(f"sequence_parallel needs seq_length divisible by tensor_model_parallel_size={tp}; "
                          f"seq_length={seq}")
     return dict(world_size=world, data_parallel_size=dp, expert_data_parallel_size=edp)
+
+
+# Megatron-LM 0.19's validate_args refuses these with --hybrid-layer-pattern (the | segments set the
+# pipeline stages); the second group only where the pattern has | segments.
+_NOT_WITH_PATTERN = ("num_layers_per_virtual_pipeline_stage", "num_virtual_stages_per_pipeline_rank",
+                     "pipeline_model_parallel_layout", "account_for_embedding_in_pipeline_split",
+                     "account_for_loss_in_pipeline_split")
+_NOT_WITH_PIPES = ("decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers")
+# GPTModel's layout flags, which a pattern replaces (HybridModel does not read them)
+_GPT_LAYOUT = ("experimental_attention_variant", "linear_attention_freq", "moe_layer_freq")
+
+
+def plan_hybrid(m: Dict[str, Any], model: str) -> None:
+    """``launch.model``: with ``hybrid`` and no ``megatron.hybrid_layer_pattern``, the pattern of
+    the GPT layout (:func:`~megatron_gatednorm.model_shape.hybrid_form`: one ``|`` segment per
+    pipeline stage, or per virtual stage of ``num_layers_per_virtual_pipeline_stage`` GPT layers)
+    replaces ``num_layers`` and the GPT layout flags in ``m``; then :func:`check_hybrid`."""
+    pattern = m.get("hybrid_layer_pattern")
+    if model != "hybrid":
+        if pattern is not None:
+            raise ValueError(f"invalid megatron.hybrid_layer_pattern={pattern!r} with launch.model={model!r}: a "
+                             "layer pattern builds megatron-core's HybridModel; valid: launch.model=hybrid")
+        return
+    if pattern is None:
+        gpt = shape_from_megatron(m)
+        pp = int(m.get("pipeline_model_parallel_size", 1))
+        vp = m.pop("num_layers_per_virtual_pipeline_stage", None)
+        if vp and gpt.num_layers % (int(vp) * pp):
+            raise ValueError(f"invalid megatron.num_layers_per_virtual_pipeline_stage={vp}: it must divide the "
+                             f"{gpt.num_layers // pp} GPT layers of a pipeline stage; valid: "
+                             f"{_fmt(divisors(gpt.num_layers // pp))}")
+        segments = gpt.num_layers // int(vp) if vp else pp
+        shape = hybrid_form(gpt, segments)
+        m.update(hybrid_layer_pattern=shape.hybrid_layer_pattern, num_layers=shape.num_layers)
+        for key in _GPT_LAYOUT:
+            m.pop(key, None)
+    check_hybrid(m)
+
+
+def check_hybrid(m: Dict[str, Any]) -> None:
+    """A ``megatron.hybrid_layer_pattern`` against the other flags, as megatron.training 0.19
+    and the plugin's hybrid specs would take them: symbols (:func:`~megatron_gatednorm.
+    hybrid_pattern.check_hybrid_pattern`), no GPT layout flags, ``num_layers`` (if given) the
+    pattern's, ``E`` layers with experts (and experts only with ``E`` layers), ``|`` segments a
+    multiple of the pipeline size and none of the pipeline-split flags Megatron refuses with them."""
+    pattern = m["hybrid_layer_pattern"]
+    what = f"with megatron.hybrid_layer_pattern={pattern!r}"
+    if not isinstance(pattern, str):
+        raise ValueError(f"invalid megatron.hybrid_layer_pattern={pattern!r}: expected a string of "
+                         f"{', '.join(hybrid_pattern.SYMBOLS)} and |")
+    hybrid_pattern.check_hybrid_pattern(pattern)
+    for key in _GPT_LAYOUT:
+        if m.get(key) not in (None, 1 if key == "moe_layer_freq" else None):
+            raise ValueError(f"invalid megatron.{key}={m[key]!r} {what}: the pattern sets every layer's kind "
+                             "(G Gated DeltaNet, * attention, E MoE, - MLP); valid: unset")
+    counts = hybrid_pattern.layer_counts(pattern)
+    layers = sum(counts.values())
+    if m.get("num_layers") is not None and int(m["num_layers"]) != layers:
+        raise ValueError(f"invalid megatron.num_layers={m['num_layers']!r} {what}: the pattern has {layers} layers "
+                         f"(Megatron takes the pattern's); valid: {layers} or unset")
+    if counts["E"] and not m.get("num_experts"):
+        raise ValueError(f"invalid megatron.num_experts={m.get('num_experts')!r} {what}: its {counts['E']} E (MoE) "
+                         "layers need experts; valid: an integer >= 1 (or - layers instead of E)")
+    if m.get("num_experts") and not counts["E"]:
+        raise ValueError(f"invalid megatron.num_experts={m['num_experts']!r} {what}: the pattern has no E (MoE) "
+                         "layer; valid: unset, or E layers in the pattern")
+    for key in _NOT_WITH_PATTERN:
+        if m.get(key) not in (None, False):
+            raise ValueError(f"invalid megatron.{key}={m[key]!r} {what}: megatron.training refuses it with a "
+                             "pattern; valid: unset (| segments of the pattern set pipeline and virtual stages)")
+    segments = len(hybrid_pattern.segments(pattern))
+    pp = int(m.get("pipeline_model_parallel_size", 1))
+    if segments > 1:
+        for key in _NOT_WITH_PIPES:
+            if m.get(key) is not None:
+                raise ValueError(f"invalid megatron.{key}={m[key]!r} {what}: the | segments set the pipeline "
+                                 "stages; valid: unset (or a pattern without |)")
+        valid = [d for d in divisors(segments) if d > 1]
+        if pp == 1 or segments % pp:
+            raise ValueError(f"invalid pipeline_model_parallel_size={pp} {what}: its {segments} | segments must be "
+                             f"a multiple of it (> 1; each rank takes one or more virtual stages); valid: "
+                             f"{_fmt(valid)} (or a pattern without |)")
 
 
 def check_batch(m: Dict[str, Any], dp: int) -> int:
@@ -331,6 +416,7 @@ def make_plan(recipe: Recipe, nodes: int, gpu_memory_gb: Optional[float] = None)
     for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                 "expert_model_parallel_size"):
         m.setdefault(key, 1)
+    plan_hybrid(m, launch["model"])
     nc = norm_config_from_recipe(recipe)
     check_fused_norm_flags(nc, m.get, prefix="megatron.")
     base_shape = check_model(m)
