@@ -1,4 +1,5 @@
-"""Build a Megatron ``GPTModel`` with the plugin's specs from a :class:`ModelShape`.
+"""Build a Megatron ``GPTModel`` (or, for a shape with a layer pattern, megatron-core >= 0.18's
+``HybridModel``) with the plugin's specs from a :class:`ModelShape`.
 
 Used by the CLI, the tests, the small trainer and the converters so that all of them build
 the same model code as production training. ``megatron.core.parallel_state`` must already be
@@ -78,4 +79,19 @@ def build_gpt_model(
         pre_process=pre,
         post_process=post,
         vp_stage=vp_stage,
+    )
+
+
+def build_shape_model(shape: ModelShape, config: TransformerConfig, use_transformer_engine: bool = False):
+    """This pipeline stage's model of ``shape``: :func:`build_gpt_model`, or for a shape with
+    ``hybrid_layer_pattern`` the ``HybridModel`` of :func:`megatron_gatednorm.hybrid_specs.
+    build_hybrid_model` (megatron-core >= 0.18), with ``config.norm_config``."""
+    if not shape.hybrid_layer_pattern:
+        return build_gpt_model(shape, config, use_transformer_engine)
+    from megatron_gatednorm.hybrid_specs import build_hybrid_model
+
+    return build_hybrid_model(
+        config, shape.hybrid_layer_pattern, shape.vocab_size, shape.max_position_embeddings, config.norm_config,
+        use_transformer_engine=use_transformer_engine, position_embedding_type=shape.position_embedding_type,
+        share_embeddings_and_output_weights=not shape.untie_embeddings_and_output_weights,
     )

@@ -2,8 +2,9 @@
 
 Counts are analytic (:mod:`megatron_gatednorm.parity`); with ``build`` each variant's model is
 also built from the plugin's specs on the meta device (no memory, no GPU) and its parameters
-counted, which checks the analytic counts the launcher uses. Hybrid Gated DeltaNet models are
-only built when the ``fla`` package is installed.
+counted, which checks the analytic counts the launcher uses. GPTModel hybrids with Gated DeltaNet
+are only built when the ``fla`` package is installed, HybridModels (a shape with a layer pattern,
+:func:`megatron_gatednorm.model_shape.hybrid_form`) with megatron-core >= 0.18.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class VariantParams:
     active_params: int
     """Parameters active per token at parity (MoE: the routed top-k experts only)."""
     built_params: Optional[int]
-    """Parameters of the GPTModel built on the meta device; ``None`` when not built."""
+    """Parameters of the model (GPTModel or HybridModel) built on the meta device; ``None`` when not built."""
 
 
 @dataclass(frozen=True)
@@ -49,39 +50,49 @@ class VariantParamsTable:
     """One per variant, in the order asked for."""
     built: bool
     """Whether the models were built on the meta device (``built_params`` is set)."""
+    not_built: Optional[str] = None
+    """Why not, where they could not be built (None: built, or not asked for)."""
 
 
 def built_params(shape: ModelShape, nc: NormConfig) -> int:
-    """Parameters of the GPTModel the specs build for ``shape`` and ``nc``, on the meta device."""
+    """Parameters of the model the specs build for ``shape`` and ``nc`` (a GPTModel, or a
+    HybridModel for a shape with a layer pattern), on the meta device."""
     from megatron_gatednorm.distributed import init_distributed
-    from megatron_gatednorm.model import build_gpt_model, transformer_config
+    from megatron_gatednorm.model import build_shape_model, transformer_config
 
     init_distributed()
+    extra = dict(is_hybrid_model=True) if shape.hybrid_layer_pattern else {}
     config = transformer_config(
         shape, nc, init_model_with_meta_device=True, use_cpu_initialization=True,
-        perform_initialization=False,
+        perform_initialization=False, **extra,
     )
-    model = build_gpt_model(shape, config)
+    model = build_shape_model(shape, config)
     return sum(p.numel() for p in model.parameters())
 
 
-def can_build(shape: ModelShape) -> bool:
-    """Whether :func:`built_params` can build ``shape`` here (Gated DeltaNet layers need ``fla``)."""
-    if shape.experimental_attention_variant is None:
-        return True
+def cannot_build(shape: ModelShape) -> Optional[str]:
+    """Why :func:`built_params` cannot build ``shape`` here, or None: a HybridModel needs
+    megatron-core >= 0.18, a GPTModel's Gated DeltaNet layers the ``fla`` package."""
     import importlib.util
 
-    return importlib.util.find_spec("fla") is not None
+    if shape.hybrid_layer_pattern:
+        if importlib.util.find_spec("megatron.core.models.hybrid") is None:
+            return "HybridModel needs megatron-core >= 0.18"
+        return None
+    if shape.experimental_attention_variant is not None and importlib.util.find_spec("fla") is None:
+        return "Gated DeltaNet layers need the 'fla' package"
+    return None
 
 
 def variant_params(shape: ModelShape, variants: Sequence[str], rank: int, build: bool = True) -> VariantParamsTable:
     """The rows for ``variants`` (GatedNorm rank ``rank``) of ``shape``; with ``build``, also the
-    meta-device counts where :func:`can_build`. An unknown variant raises ``ValueError``."""
+    meta-device counts unless :func:`cannot_build`. An unknown variant raises ``ValueError``."""
     from megatron_gatednorm.parity import count_params, parity_ffn
 
     if not variants:
         raise ValueError(f"--variants is empty; valid choices: {', '.join(VARIANTS)}")
-    built = build and can_build(shape)
+    reason = cannot_build(shape) if build else None
+    built = build and reason is None
     baseline = count_params(shape)["total"]
     rows = []
     for variant in variants:
@@ -99,4 +110,4 @@ def variant_params(shape: ModelShape, variants: Sequence[str], rank: int, build:
             active_params=count_params(adjusted, nc, active=True)["total"],
             built_params=built_params(adjusted, nc) if built else None,
         ))
-    return VariantParamsTable(baseline_params=baseline, rows=rows, built=built)
+    return VariantParamsTable(baseline_params=baseline, rows=rows, built=built, not_built=reason)

@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.mcore019]
 ROOT = Path(__file__).parent.parent
 VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
 CORE_TESTS = ["tests/test_specs.py", "tests/test_hybrid_specs.py", "tests/test_hybrid_pattern.py", "tests/test_parallel.py",
+              "tests/test_hybrid_params.py",
               "tests/test_norms.py::test_megatron_parameter_contract"]
 
 

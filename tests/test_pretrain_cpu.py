@@ -1,7 +1,8 @@
 """``mgn train`` = Megatron's own ``pretrain()`` on CPU (megatron-core 0.19.2 in .venv-mcore019,
 the fenced CPU shim, gloo) outside Slurm: the tiny recipe on an indexed dataset made by
-``mgn data`` with evaluation and torch_dist saves, and a diverging run that Megatron's NaN check
-stops without committing non-finite weights. (Mock data, signals, requeue and resume under Slurm:
+``mgn data`` with evaluation and torch_dist saves, a diverging run that Megatron's NaN check
+stops without committing non-finite weights, and the tiny HybridModel (tiny_hybrid) training and
+saving the plugin's norms. (Mock data, signals, requeue and resume under Slurm:
 tests/test_slurm_pretrain.py.)"""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,12 +29,12 @@ if not VENV_PY.exists():
     pytest.skip(f"{VENV_PY} is missing: .ci/mcore019_venv.sh creates it", allow_module_level=True)
 
 
-def _train(run_dir: Path, *overrides):
-    """``mgn train`` (one process) with the tiny+cpu recipe's argv → (completed process, plan)."""
+def _train(run_dir: Path, *overrides, recipe: str = "tiny+cpu"):
+    """``mgn train`` (one process) with the recipe's argv → (completed process, plan)."""
     from megatron_gatednorm.launch.argv import megatron_argv
     from megatron_gatednorm.launch.plan import build
 
-    plan, _ = build("tiny+cpu", [f"launch.run_dir={run_dir}", "launch.gpus_per_node=1", "global_batch_size=4",
+    plan, _ = build(recipe, [f"launch.run_dir={run_dir}", "launch.gpus_per_node=1", "global_batch_size=4",
                                  *overrides], nodes=1)
     env = dict(os.environ, MGN_DEVICE="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), RANK="0", WORLD_SIZE="1",
                LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()))
@@ -84,3 +86,25 @@ def test_diverging_run_stops_on_nan_without_committing_non_finite_weights(tmp_pa
     assert "Unexpected result nan" in out, out[-4000:]
     _, _, tensors = read_checkpoint(plan.megatron["save"])
     assert tensors and all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_hybrid_model_trains_and_saves_the_plugin_norms(tmp_path):
+    """tiny_hybrid (HybridModel ``GE*-``, GatedNorm; ``--hybrid-layer-pattern``) through Megatron's
+    own pretrain(): the plugin's model provider builds a HybridModel, the loss is finite and falls,
+    and the torch_dist save holds the plugin's norms in every slot, ``decoder.final_norm`` included."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    proc, plan = _train(tmp_path / "run", "megatron.train_iters=6", "megatron.save_interval=6",
+                        "megatron.eval_iters=1", recipe="tiny_hybrid+cpu")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "building HybridModel with megatron-gatednorm (gatednorm" in out, out[-3000:]
+    losses = {int(i): float(v) for i, v in re.findall(r"iteration\s+(\d+)/\s*\d+ \|.*?\| lm loss: (\S+) \|", out)}
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(v) for v in losses.values()), out[-3000:]
+    assert losses[6] < losses[1], losses
+    save = Path(plan.megatron["save"])
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+    keys = set(FileSystemReader(str(save / "iter_0000006")).read_metadata().state_dict_metadata)
+    for slot in ("final_norm", "layers.0.input_layernorm", "layers.1.pre_mlp_layernorm", "layers.2.input_layernorm",
+                 "layers.3.pre_mlp_layernorm"):  # G, E, *, - and the stack's final norm
+        assert {f"decoder.{slot}.{p}" for p in ("weight", "gate_down", "gate_up")} <= keys, (slot, sorted(keys)[:40])

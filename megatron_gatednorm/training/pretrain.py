@@ -5,9 +5,12 @@ Wraps ``megatron.training.pretrain`` with
 * ``extra_args_provider`` = :func:`megatron_gatednorm.training.flags.add_train_args` (the plugin's
   ``--norm-variant``, ``--gatednorm-*`` … flags), and
 * :func:`model_provider`, which builds a ``GPTModel`` from Megatron's parsed arguments with the
-  plugin's block spec (:func:`megatron_gatednorm.specs.get_gatednorm_block_spec`).
+  plugin's block spec (:func:`megatron_gatednorm.specs.get_gatednorm_block_spec`), or, where they
+  carry ``--hybrid-layer-pattern`` (megatron-core >= 0.18), a ``HybridModel`` with the plugin's
+  hybrid stack spec (:func:`megatron_gatednorm.hybrid_specs.build_hybrid_model`; upstream's
+  ``pretrain_hybrid.py`` path with the plugin's specs instead of ``--spec``).
 
-The GPT ``forward_step`` and dataset provider are the plugin's own
+The GPT ``forward_step`` and dataset provider (the same for both models) are the plugin's own
 (:mod:`megatron_gatednorm.training.gpt_step`, on megatron-core's dataset and broadcast APIs).
 ``megatron.training`` itself ships in megatron-core wheels from 0.17 on; with 0.16 it comes from
 a Megatron-LM checkout on ``PYTHONPATH``.
@@ -41,20 +44,22 @@ ARGS_DEFAULTS = {"tokenizer_type": "GPT2BPETokenizer"}  # as upstream pretrain_g
 
 def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage: Optional[int] = None,
                    config=None, pg_collection=None):
-    """A ``GPTModel`` for this pipeline (and virtual pipeline) stage with the plugin's norms.
+    """This pipeline (and virtual pipeline) stage's model with the plugin's norms: a ``GPTModel``,
+    or with ``--hybrid-layer-pattern`` (megatron-core >= 0.18) a ``HybridModel``
+    (:func:`megatron_gatednorm.hybrid_specs.build_hybrid_model`).
 
     Accepts every call shape of Megatron-LM's ``get_model`` (0.16: ``pre_process,
     post_process, vp_stage``; 0.19: also ``config`` and ``pg_collection``).
     """
     import torch
-    from megatron.core.models.gpt import GPTModel
     from megatron.training import get_args, print_rank_0
     from megatron.training.arguments import core_transformer_config_from_args
 
     from megatron_gatednorm.norm_flags import norm_config_from_args
-    from megatron_gatednorm.specs import get_gatednorm_block_spec
 
     args = get_args()
+    pattern = getattr(args, "hybrid_layer_pattern", None)
+    check_model_args(args)
     nc = norm_config_from_args(args)
     if config is None:
         config = core_transformer_config_from_args(args)
@@ -65,14 +70,9 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
         config.activation_func = torch.sigmoid
         config.bias_activation_fusion = False
     use_te = args.transformer_impl == "transformer_engine"
-    print_rank_0(f"building GPT model with megatron-gatednorm ({nc.variant}, rank {nc.rank}, "
-                 f"placement {','.join(nc.placement)}, {'TE' if use_te else 'local'} layers)")
-    spec = get_gatednorm_block_spec(config, nc, use_transformer_engine=use_te, vp_stage=vp_stage)
+    print_rank_0(f"building {'HybridModel' if pattern else 'GPT model'} with megatron-gatednorm ({nc.variant}, rank "
+                 f"{nc.rank}, placement {','.join(nc.placement)}, {'TE' if use_te else 'local'} layers)")
     kwargs = dict(
-        config=config,
-        transformer_layer_spec=spec,
-        vocab_size=args.padded_vocab_size,
-        max_sequence_length=args.max_position_embeddings,
         pre_process=pre_process,
         post_process=post_process,
         fp16_lm_cross_entropy=args.fp16_lm_cross_entropy,
@@ -81,14 +81,70 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
         position_embedding_type=args.position_embedding_type,
         rotary_percent=args.rotary_percent,
         rotary_base=args.rotary_base,
-        rope_scaling=args.use_rope_scaling,
     )
+    if pg_collection is not None:
+        kwargs["pg_collection"] = pg_collection
+    if pattern:
+        from megatron_gatednorm.hybrid_specs import build_hybrid_model
+
+        return build_hybrid_model(config, pattern, args.padded_vocab_size, args.max_position_embeddings, nc,
+                                  use_transformer_engine=use_te, vp_stage=vp_stage, **kwargs)
+    return _gpt_model(config, nc, use_te, vp_stage, args, kwargs)
+
+
+def _gpt_model(config, nc, use_te: bool, vp_stage: Optional[int], args, kwargs: dict):
+    """The ``GPTModel`` of :func:`model_provider` (``kwargs``: the arguments both models take)."""
+    from megatron.core.models.gpt import GPTModel
+
+    from megatron_gatednorm.specs import get_gatednorm_block_spec
+
+    spec = get_gatednorm_block_spec(config, nc, use_transformer_engine=use_te, vp_stage=vp_stage)
+    kwargs = dict(kwargs, config=config, transformer_layer_spec=spec, vocab_size=args.padded_vocab_size,
+                  max_sequence_length=args.max_position_embeddings, rope_scaling=args.use_rope_scaling)
     accepted = inspect.signature(GPTModel.__init__).parameters
     if "vp_stage" in accepted:
         kwargs["vp_stage"] = vp_stage
-    if pg_collection is not None and "pg_collection" in accepted:
-        kwargs["pg_collection"] = pg_collection
+    if "pg_collection" not in accepted:
+        kwargs.pop("pg_collection", None)
     return GPTModel(**kwargs)
+
+
+# GPTModel's switches that a HybridModel has no use for: (argparse dest, its flag, why)
+_GPT_ONLY = (
+    ("experimental_attention_variant", "--experimental-attention-variant",
+     "the pattern sets every layer's kind (G Gated DeltaNet, * attention)"),
+    ("linear_attention_freq", "--linear-attention-freq", "the pattern places the Gated DeltaNet (G) layers"),
+    ("use_rope_scaling", "--use-rope-scaling", "HybridModel has no Llama 3.1 RoPE scaling"),
+)
+
+
+def check_model_args(args) -> None:
+    """Refuse what the model :func:`model_provider` would build cannot honour: with
+    ``--hybrid-layer-pattern``, GPTModel-only switches (ValueError naming the flag)."""
+    pattern = getattr(args, "hybrid_layer_pattern", None)
+    if not pattern:
+        return
+    for name, flag, why in _GPT_ONLY:
+        value = getattr(args, name, None)
+        if value not in (None, False):
+            raise ValueError(f"invalid {flag}={value!r} with --hybrid-layer-pattern={pattern!r}: {why}; valid: "
+                             f"omit {flag} (or omit the pattern for a GPTModel)")
+
+
+def check_hybrid_available(argv: List[str]) -> None:
+    """``--hybrid-layer-pattern`` on a megatron-core without ``HybridModel`` (< 0.18): one line
+    naming the requirement, before Megatron's parser rejects the flag it does not know."""
+    import importlib.util
+
+    if not any(a == "--hybrid-layer-pattern" or a.startswith("--hybrid-layer-pattern=") for a in argv):
+        return
+    if importlib.util.find_spec("megatron.core.models.hybrid") is not None:
+        return
+    from megatron.core import package_info
+
+    raise ValueError(f"invalid --hybrid-layer-pattern with megatron-core {package_info.__version__}: HybridModel "
+                     "needs megatron-core >= 0.18 (pip install 'megatron-core>=0.18'); valid here: no pattern "
+                     "(launch.model=gpt, the GPTModel hybrid with --experimental-attention-variant gated_delta_net)")
 
 
 def pretrain_call_style(pretrain) -> str:
@@ -182,6 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if missing:
         raise ValueError(f"mgn train needs megatron.training, which cannot be imported ({missing}); "
                          f"{INSTALL_MEGATRON_TRAINING}")
+    check_hybrid_available(sys.argv[1:])
     if "--distributed-backend" not in sys.argv:  # the collectives follow the device: gloo for CPU tensors
         sys.argv += ["--distributed-backend", backend(device)]
     if device == "cpu":
@@ -210,6 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron.training.arguments import parse_and_validate_args
 
     args = parse_and_validate_args(extra_args_provider=add_train_args, args_defaults=ARGS_DEFAULTS)
+    check_model_args(args)  # before pretrain() initialises anything
     cfg = pretrain_cfg_container_from_args(args, None)  # no model config: model_provider builds
     pretrain(cfg, train_valid_test_dataset_provider=datasets_provider, model_type=ModelType.encoder_or_decoder,
              forward_step_func=gpt.forward_step, model_provider=model_provider)
