@@ -156,6 +156,44 @@ def err(spec, overrides=(), nodes=1, gpu_memory_gb=None):
     ("tiny", ["megatron.recompute_granularity=selective", "megatron.recompute_modules=[core_attn,layernorm]"], 1,
      "invalid megatron.recompute_modules=['core_attn', 'layernorm'] with recompute_granularity='selective' and the "
      "local (non-Transformer-Engine) layers: megatron-core recomputes 'layernorm' through CheckpointWithoutOutput"),
+    # HybridModel layer patterns (launch.model=hybrid; megatron.training 0.19 asserts on the pipeline ones)
+    ("tiny", ["megatron.hybrid_layer_pattern=*-*-"], 1,
+     "invalid megatron.hybrid_layer_pattern='*-*-' with launch.model='gpt': a layer pattern builds megatron-core's "
+     "HybridModel; valid: launch.model=hybrid"),
+    ("tiny_hybrid", ["megatron.hybrid_layer_pattern=GM*-"], 1, "invalid layer symbol 'M' (Mamba) in hybrid_layer_pattern"),
+    ("tiny_hybrid", ["megatron.hybrid_layer_pattern=GE||*-"], 1, "an empty pipeline segment"),
+    ("tiny_hybrid", ["megatron.experimental_attention_variant=gated_delta_net"], 1,
+     "invalid megatron.experimental_attention_variant='gated_delta_net' with megatron.hybrid_layer_pattern='GE*-': "
+     "the pattern sets every layer's kind"),
+    ("tiny_hybrid", ["megatron.moe_layer_freq=2"], 1, "invalid megatron.moe_layer_freq=2 with"),
+    ("tiny_hybrid", ["num_layers=2"], 1,
+     "invalid megatron.num_layers=2 with megatron.hybrid_layer_pattern='GE*-': the pattern has 4 layers (Megatron "
+     "takes the pattern's); valid: 4 or unset"),
+    ("tiny_hybrid", ["num_experts=null"], 1, "invalid megatron.num_experts=None with megatron.hybrid_layer_pattern="
+     "'GE*-': its 1 E (MoE) layers need experts"),
+    ("tiny_hybrid", ["megatron.hybrid_layer_pattern=G*--"], 1, "invalid megatron.num_experts=4 with megatron."
+     "hybrid_layer_pattern='G*--': the pattern has no E (MoE) layer; valid: unset, or E layers in the pattern"),
+    ("tiny_hybrid", ["launch.gpus_per_node=3", "megatron.expert_model_parallel_size=3"], 1,
+     "expert_model_parallel_size=3 does not divide num_experts=4"),
+    ("tiny_hybrid", ["launch.gpus_per_node=2", "megatron.hybrid_layer_pattern=G|E*|-", "pipeline_model_parallel_size=2"],
+     1, "invalid pipeline_model_parallel_size=2 with megatron.hybrid_layer_pattern='G|E*|-': its 3 | segments must "
+        "be a multiple of it (> 1; each rank takes one or more virtual stages); valid: 3 (or a pattern without |)"),
+    ("tiny_hybrid", ["megatron.hybrid_layer_pattern=GE|*-"], 1, "invalid pipeline_model_parallel_size=1 with"),
+    ("tiny_hybrid", ["launch.gpus_per_node=2", "megatron.hybrid_layer_pattern=GE|*-", "pipeline_model_parallel_size=2",
+                     "megatron.decoder_first_pipeline_num_layers=1"], 1,
+     "invalid megatron.decoder_first_pipeline_num_layers=1 with megatron.hybrid_layer_pattern='GE|*-': the | "
+     "segments set the pipeline stages; valid: unset (or a pattern without |)"),
+    ("tiny_hybrid", ["megatron.num_layers_per_virtual_pipeline_stage=1"], 1,
+     "invalid megatron.num_layers_per_virtual_pipeline_stage=1 with megatron.hybrid_layer_pattern='GE*-': "
+     "megatron.training refuses it with a pattern; valid: unset (| segments"),
+    ("tiny_hybrid", ["megatron.pipeline_model_parallel_layout=Et|tL"], 1,
+     "invalid megatron.pipeline_model_parallel_layout='Et|tL' with"),
+    ("tiny_hybrid", ["launch.gpus_per_node=3", "pipeline_model_parallel_size=3"], 1,
+     "pipeline_model_parallel_size=3 does not divide num_layers=4; valid: 1"),
+    ("moe7b_a2b+hybrid", ["megatron.pipeline_model_parallel_size=2", "megatron.num_layers_per_virtual_pipeline_stage=5"], 1,
+     "invalid megatron.num_layers_per_virtual_pipeline_stage=5: it must divide the 24 GPT layers of a pipeline stage"),
+    ("moe7b_a2b+hybrid", ["tensor_model_parallel_size=2", "num_query_groups=2", "linear_num_key_heads=3"], 1,
+     "tensor_model_parallel_size=2 does not divide linear_num_key_heads=3"),
 ])
 def test_validation_errors(spec, overrides, nodes, expected):
     assert expected in err(spec, overrides, nodes)
@@ -230,3 +268,16 @@ def test_nan_check_off_is_a_warning():
     assert any(w.startswith("megatron.no_check_for_nan_in_loss_and_grad=true: ") and
                "non-finite losses will no longer stop training" in w for w in plan.warnings), plan.warnings
     assert "--no-check-for-nan-in-loss-and-grad" in megatron_argv(plan)
+
+
+def test_hybrid_pattern_with_pipes_and_virtual_stages():
+    """An explicit pattern's | segments: PP 2 with 4 segments (2 virtual stages), memory from each stage's
+    own layers; the GPT layout's virtual stages become segments of whole GPT layers."""
+    plan, _ = build("tiny_hybrid", ["launch.gpus_per_node=2", "global_batch_size=4",
+                                    "megatron.hybrid_layer_pattern=G|E|*|-", "pipeline_model_parallel_size=2"], 1)
+    assert "--hybrid-layer-pattern" in megatron_argv(plan) and plan.derived["params_total"] == build(
+        "tiny_hybrid", [], 1)[0].derived["params_total"]
+    derived, _ = build("dense2b+hybrid", ["pipeline_model_parallel_size=2",
+                                          "megatron.num_layers_per_virtual_pipeline_stage=7"], 1)
+    assert derived.megatron["hybrid_layer_pattern"] == "|".join(["*-" * 7] * 4)
+    assert "num_layers_per_virtual_pipeline_stage" not in derived.megatron
