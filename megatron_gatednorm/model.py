@@ -82,16 +82,27 @@ def build_gpt_model(
     )
 
 
-def build_shape_model(shape: ModelShape, config: TransformerConfig, use_transformer_engine: bool = False):
+def build_shape_model(shape: ModelShape, config: TransformerConfig, use_transformer_engine: bool = False,
+                      max_sequence_length: Optional[int] = None):
     """This pipeline stage's model of ``shape``: :func:`build_gpt_model`, or for a shape with
     ``hybrid_layer_pattern`` the ``HybridModel`` of :func:`megatron_gatednorm.hybrid_specs.
-    build_hybrid_model` (megatron-core >= 0.18), with ``config.norm_config``."""
+    build_hybrid_model` (megatron-core >= 0.18), with ``config.norm_config``. A pattern with more
+    ``|`` segments than pipeline stages gives this rank one chunk per virtual stage (segment
+    ``vp · pp + pp_rank``, as megatron-core assigns them), as a ``ModuleList``."""
     if not shape.hybrid_layer_pattern:
-        return build_gpt_model(shape, config, use_transformer_engine)
+        return build_gpt_model(shape, config, use_transformer_engine, max_sequence_length)
+    from megatron_gatednorm.hybrid_pattern import segments
     from megatron_gatednorm.hybrid_specs import build_hybrid_model
 
-    return build_hybrid_model(
-        config, shape.hybrid_layer_pattern, shape.vocab_size, shape.max_position_embeddings, config.norm_config,
-        use_transformer_engine=use_transformer_engine, position_embedding_type=shape.position_embedding_type,
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    virtual = max(1, len(segments(shape.hybrid_layer_pattern)) // pp)
+    first = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    chunks = [build_hybrid_model(
+        config, shape.hybrid_layer_pattern, shape.vocab_size, max_sequence_length or shape.max_position_embeddings,
+        config.norm_config, use_transformer_engine=use_transformer_engine, vp_stage=i if virtual > 1 else None,
+        pre_process=first and i == 0, post_process=last and i == virtual - 1,
+        position_embedding_type=shape.position_embedding_type,
         share_embeddings_and_output_weights=not shape.untie_embeddings_and_output_weights,
-    )
+    ) for i in range(virtual)]
+    return chunks[0] if virtual == 1 else torch.nn.ModuleList(chunks)

@@ -26,13 +26,18 @@ OVERLAYS = sorted(p.stem for p in (recipe_dir() / "overlays").glob("*.yaml"))
 
 
 def _cases():
-    cases = [[name, ["data_path=/d"] if name != "tiny" else [], 1, name.startswith(("dense2b", "tiny"))]
+    cases = [[name, ["data_path=/d"] if not name.startswith("tiny") else [], 1, name.startswith(("dense2b", "tiny"))]
              for name in RECIPES]
     for overlay in OVERLAYS:
         base = "dense2b_gatednorm" if overlay.startswith(("gate_", "tensorwise")) else "dense2b"
         cases.append([f"{base}+{overlay}", ["data_path=/d"], 4, True])
     cases.append(["dense2b_gatednorm", ["data_path=/d", "launch.wandb_project=p", "megatron.recompute_granularity=full",
                                         "megatron.recompute_method=uniform", "megatron.recompute_num_layers=1"], 64, True])
+    # the paper's MoE model as HybridModel: | segments per (virtual) pipeline stage through validate_args
+    # (local experts: Megatron's validate_args asks CUDA about grouped GEMM)
+    cases.append(["moe24b_a3b_gatednorm+hybrid+cpu", ["data_path=/d", "megatron.moe_grouped_gemm=false",
+                                                      "megatron.transformer_impl=local",
+                                                      "megatron.num_layers_per_virtual_pipeline_stage=3"], 1, True])
     return cases
 
 
@@ -80,9 +85,17 @@ def test_parsed_args_carry_the_recipe(result):
     for spec, r in validated.items():  # validate_args derived the same DP size as the launcher
         assert r["data_parallel_size"] == r["expected_dp"], (spec, r)
     assert result["parsed"]["dense2b+glu"]["ffn_activation"] == "glu"
+    hybrid = result["parsed"]["moe24b_a3b_gatednorm+hybrid+cpu"]  # 24 GPT layers, PP 2, 3 per virtual stage
+    assert hybrid["pattern_matches"] and hybrid["segments"] == 8 and hybrid["num_layers_value"] == 48, hybrid
+    assert (hybrid["pipeline"], hybrid["virtual_pipeline"]) == (2, 4), hybrid
 
 
 def test_model_provider_builds_the_plugin_model(result):
+    hybrid = result["models"].pop("tiny_hybrid")
+    assert hybrid["type"] == "HybridModel" and hybrid["params"] == hybrid["expected"], hybrid
+    # each layer has one residual-stream slot: the other (a mixer's pre-MLP, an FFN's input norm) is IdentityOp
+    assert hybrid["norms"] == ["GatedRMSNorm", "IdentityOp"], hybrid
+    assert hybrid["logits_shape"] == [1, 16, 256] and hybrid["finite"], hybrid
     for name, m in result["models"].items():
         assert m["type"] == "GPTModel"
         assert m["params"] == m["expected"], (name, m)
@@ -158,3 +171,27 @@ def test_megatron_training_checkpoints_convert_both_ways(tmp_path):
         assert loaded["iteration"] == 0 and loaded["tp"] == max(nproc, 1), (mode, nproc)
         diff = float((torch.tensor(loaded["logits"]) - expected).abs().max())
         assert diff < (1e-6 if nproc == 0 else 1e-5 * float(expected.abs().max())), (mode, nproc, diff)
+
+
+def test_hybrid_pattern_needs_megatron_core_0_18_and_no_gpt_only_switches():
+    import argparse
+    import importlib.util
+
+    from megatron_gatednorm.training import pretrain as train
+
+    train.check_hybrid_available(["--num-layers", "2"])  # no pattern: nothing to check
+    if importlib.util.find_spec("megatron.core.models.hybrid") is None:  # CI's main environment: 0.16.1
+        with pytest.raises(ValueError, match=r"^invalid --hybrid-layer-pattern with megatron-core 0\.1[0-7].*: "
+                                             r"HybridModel needs megatron-core >= 0\.18"):
+            train.check_hybrid_available(["--hybrid-layer-pattern=GE"])
+    else:
+        train.check_hybrid_available(["--hybrid-layer-pattern", "GE"])
+    args = argparse.Namespace(hybrid_layer_pattern="G*", experimental_attention_variant=None, use_rope_scaling=False,
+                              linear_attention_freq=None)
+    train.check_model_args(args)
+    args.experimental_attention_variant = "gated_delta_net"
+    with pytest.raises(ValueError, match=r"^invalid --experimental-attention-variant='gated_delta_net' with "
+                                         r"--hybrid-layer-pattern='G\*': the pattern sets every layer's kind"):
+        train.check_model_args(args)
+    args.hybrid_layer_pattern = None  # a GPTModel: the GPT hybrid is fine
+    train.check_model_args(args)

@@ -125,11 +125,12 @@ def rendezvous(device: str, rank: int, world: int, timeout_s: float, where: str)
 
 def build_shard(plan, device: str):
     """Megatron's model-parallel groups for the recipe's layout, then this rank's model shard on the
-    meta device (the plugin's specs; Transformer Engine layers where the recipe asks for them on CUDA)."""
+    meta device (the plugin's specs; a HybridModel, with a chunk per virtual stage, where the recipe
+    has a layer pattern; Transformer Engine layers where the recipe asks for them on CUDA)."""
     import torch
 
     from megatron_gatednorm.distributed import init_distributed
-    from megatron_gatednorm.model import build_gpt_model, transformer_config
+    from megatron_gatednorm.model import build_shape_model, transformer_config
 
     m = plan.megatron
     init_distributed(
@@ -145,11 +146,13 @@ def build_shard(plan, device: str):
                      sequence_parallel=bool(m.get("sequence_parallel")) and m["tensor_model_parallel_size"] > 1)
     if m.get("expert_tensor_parallel_size"):
         overrides["expert_tensor_parallel_size"] = int(m["expert_tensor_parallel_size"])
+    if plan.shape.hybrid_layer_pattern:
+        overrides["is_hybrid_model"] = True
     config = transformer_config(plan.shape, plan.norm_config, **overrides)
     use_te = m.get("transformer_impl") == "transformer_engine" and device == "cuda"
     with torch.device("meta"):
-        return build_gpt_model(plan.shape, config, use_transformer_engine=use_te,
-                               max_sequence_length=int(m["seq_length"]))
+        return build_shape_model(plan.shape, config, use_transformer_engine=use_te,
+                                 max_sequence_length=int(m["seq_length"]))
 
 
 def count_local_params(model) -> int:

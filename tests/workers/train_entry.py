@@ -35,6 +35,11 @@ for spec, overrides, nodes, validate in CASES:
         data_parallel_size=getattr(args, "data_parallel_size", None), expected_dp=plan.derived["data_parallel_size"],
         ffn_activation=args.ffn_activation,
     )
+    if m.get("hybrid_layer_pattern"):
+        out["parsed"][spec].update(
+            pattern_matches=args.hybrid_layer_pattern == m["hybrid_layer_pattern"],
+            segments=len(args.hybrid_layer_pattern.split("|")), num_layers_value=args.num_layers,
+            pipeline=args.pipeline_model_parallel_size, virtual_pipeline=args.virtual_pipeline_model_parallel_size)
 
 # The launcher's memory estimate against Megatron-LM's own theoretical_memory_usage (0.19.2).
 from megatron.training.theoretical_memory_usage import compute_weight_and_optimizer_memory  # noqa: E402
@@ -60,15 +65,16 @@ from megatron_gatednorm.parity import count_params  # noqa: E402
 out["pretrain_call_style"] = train.pretrain_call_style(pretrain)
 init_single_process()
 models = {}
-for name, extra in (("gatednorm", []), ("glu", ["gatednorm.ffn_activation=glu"])):
-    plan, _ = build("tiny+cpu", ["launch.gpus_per_node=1", "global_batch_size=4",
-                             "launch.run_dir=/tmp/mgn-train-entry"] + extra, 1)
+for name, recipe, extra in (("gatednorm", "tiny", []), ("glu", "tiny", ["gatednorm.ffn_activation=glu"]),
+                            ("tiny_hybrid", "tiny_hybrid", [])):
+    plan, _ = build(f"{recipe}+cpu", ["launch.gpus_per_node=1", "global_batch_size=4",
+                                  "launch.run_dir=/tmp/mgn-train-entry"] + extra, 1)
     args = parse(megatron_argv(plan), 1, True)
     args.padded_vocab_size = plan.derived["padded_vocab_size"]
     set_args(args)
     model = train.model_provider(pre_process=True, post_process=True)
     norms = sorted({type(m).__name__ for n, m in model.named_modules() if n.endswith(("input_layernorm",
-                    "pre_mlp_layernorm", "final_layernorm"))})
+                    "pre_mlp_layernorm", "final_layernorm", "final_norm"))})
     tokens = torch.randint(0, 256, (1, 16))
     position_ids = torch.arange(16).unsqueeze(0)
     logits = model(tokens, position_ids, None)
