@@ -96,6 +96,8 @@ def build_shape_model(shape: ModelShape, config: TransformerConfig, use_transfor
 
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     virtual = max(1, len(segments(shape.hybrid_layer_pattern)) // pp)
+    if virtual > 1:  # as megatron.training sets it from the pattern's segments (HybridModel checks vp_stage by it)
+        config.virtual_pipeline_model_parallel_size = virtual
     first = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     chunks = [build_hybrid_model(
