@@ -116,3 +116,32 @@ def test_fused_check_fails_naming_the_rank_and_the_variant():
     assert ("fused norm check failed (fused kernels vs eager reference): gatednorm(hidden 64, rank 4): "
             "max |fused - eager| / max |eager| above 0.05 (bfloat16): output 0.49") in last, last
     assert "mgn preflight: OK" not in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.mcore019
+def test_hybrid_model_shards_with_virtual_stages_sum_to_the_launcher_count():
+    """tiny_hybrid as ``G|E|*|-`` at PP 2 (megatron-core 0.19.2 in .venv-mcore019): each rank builds one
+    HybridModel chunk per virtual stage (segments ``vp·pp + rank``), together the launcher's count."""
+    from helpers.slurm_cluster import in_ci
+
+    venv_py = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
+    if not venv_py.exists():
+        if in_ci():
+            pytest.fail(f"{venv_py} is missing under CI: run .ci/mcore019_venv.sh first")
+        pytest.skip(f"{venv_py} is missing: .ci/mcore019_venv.sh creates it")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(PYTHONPATH=str(ROOT))
+    layout = ["launch.device=cpu", "launch.gpus_per_node=2", "global_batch_size=4",
+              "megatron.hybrid_layer_pattern=G|E|*|-", "megatron.pipeline_model_parallel_size=2"]
+    cmd = [str(venv_py), "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "megatron_gatednorm.cli", "preflight", "--recipe", "tiny_hybrid", "--nodes", "1", *layout]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    from megatron_gatednorm.launch.plan import build
+
+    expected = build("tiny_hybrid", layout, 1)[0].derived["params_total"]
+    assert f"mgn preflight: OK tiny_hybrid: world 2 (tp 1 pp 2 ep 1 dp 1), parameters {expected:,} = launcher count" \
+        in out.stdout, out.stdout[-2000:]
+    shards = [int(line.rsplit(" ", 1)[1].replace(",", "")) for line in out.stdout.splitlines() if "shard parameters" in line]
+    assert len(shards) == 2 and min(shards) > 0 and sum(shards) == expected, out.stdout
