@@ -132,6 +132,7 @@ def gpt_shape(hybrid: ModelShape, pattern: str) -> ModelShape:
         linear_attention_freq=list(linear) if any(linear) else None,
         num_experts=hybrid.num_experts if any(moe) else None,
         moe_layer_freq=(1 if all(moe) else list(moe)) if any(moe) else 1,
+        hybrid_layer_pattern=None,  # the GPT-hybrid form (the pattern is the caller's, e.g. Arch's)
     )
 
 
