@@ -5,9 +5,9 @@ tests/test_hybrid_convert.py's (megatron-core 0.19.2)."""
 import pytest
 
 from megatron_gatednorm.checkpoint.hybrid_keys import (
-    gpt_shape, gpt_to_hybrid, gpt_to_hybrid_key, hybrid_shape, hybrid_to_gpt, hybrid_to_gpt_key,
+    gpt_shape, gpt_to_hybrid, gpt_to_hybrid_key, hybrid_to_gpt, hybrid_to_gpt_key,
 )
-from megatron_gatednorm.model_shape import ModelShape
+from megatron_gatednorm.model_shape import ModelShape, hybrid_form
 
 # written out by hand, as the two models name them (megatron-core 0.19.2, local and TE-fused names)
 PAIRS = [
@@ -55,7 +55,7 @@ def test_shapes_map_both_ways():
     gpt = gpt_shape(hybrid, "GE*-|GE")
     assert (gpt.num_layers, gpt.linear_attention_pattern(), gpt.moe_pattern()) == (3, [1, 0, 1], [1, 0, 1])
     assert gpt.experimental_attention_variant == "gated_delta_net"
-    assert hybrid_shape(gpt) == (hybrid, "GE*-GE")
+    assert hybrid_form(gpt) == hybrid.replace(hybrid_layer_pattern="GE*-GE")  # and back
     # no MoE layer in the pattern: a dense GPT form; no Gated DeltaNet layer: softmax attention only
     dense = gpt_shape(hybrid.replace(num_layers=4), "*-*-")
     assert (dense.num_experts, dense.experimental_attention_variant, dense.linear_attention_freq) == (None, None, None)

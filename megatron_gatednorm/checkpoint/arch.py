@@ -21,7 +21,7 @@ import torch
 
 from megatron_gatednorm.norm_flags import norm_config_dests, norm_config_from_args
 from megatron_gatednorm.checkpoint.errors import CheckpointError
-from megatron_gatednorm.checkpoint.hybrid_keys import gpt_shape, hybrid_shape
+from megatron_gatednorm.checkpoint.hybrid_keys import gpt_shape
 from megatron_gatednorm.hybrid_pattern import layers
 from megatron_gatednorm.norm_config import NormConfig
 from megatron_gatednorm.model_shape import (
@@ -31,6 +31,7 @@ from megatron_gatednorm.model_shape import (
     extras_from_flags,
     flags_from_extras,
     flags_from_shape,
+    hybrid_form,
     megatron_defaults,
     missing_required,
     shape_from_flags,
@@ -83,11 +84,11 @@ def megatron_args(
     s = arch.shape
     ns = megatron_defaults()  # every flag of the table, by dest
     if arch.hybrid_layer_pattern:  # a HybridModel's args: its own layer count, no per-layer frequencies
-        written, pattern = hybrid_shape(s)
-        if layers(arch.hybrid_layer_pattern) != pattern:
+        written = hybrid_form(s)
+        if layers(arch.hybrid_layer_pattern) != written.hybrid_layer_pattern:
             raise ValueError(f"invalid hybrid_layer_pattern={arch.hybrid_layer_pattern!r}: the model's "
-                             f"layers are {pattern!r}")
-        ns.update(flags_from_shape(written), hybrid_layer_pattern=arch.hybrid_layer_pattern)
+                             f"layers are {written.hybrid_layer_pattern!r}")
+        ns.update(flags_from_shape(written.replace(hybrid_layer_pattern=arch.hybrid_layer_pattern)))
     else:
         ns.update(flags_from_shape(s))
     ns.update(flags_from_extras(arch.extras()))  # 0.19's names and the older ones

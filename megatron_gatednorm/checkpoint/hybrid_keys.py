@@ -26,15 +26,16 @@ The in-memory ``state_dict`` of a single-stage model uses the same names.
 
 Shapes: a HybridModel's args carry ``hybrid_layer_pattern`` and ``num_layers = 2n`` (megatron.training
 derives it from the pattern) and no per-layer frequencies; the GPT form has ``n`` layers,
-``linear_attention_freq`` = the mixer flags and ``moe_layer_freq`` = the FFN flags.
+``linear_attention_freq`` = the mixer flags and ``moe_layer_freq`` = the FFN flags
+(:func:`gpt_shape`; the other way is :func:`megatron_gatednorm.model_shape.hybrid_form`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Tuple, TypeVar
+from typing import Dict, Mapping, TypeVar
 
-from megatron_gatednorm.hybrid_pattern import gpt_layers_from_pattern, layers, pattern_from_gpt_layers
+from megatron_gatednorm.hybrid_pattern import gpt_layers_from_pattern
 from megatron_gatednorm.model_shape import ModelShape
 
 V = TypeVar("V")
@@ -136,16 +137,7 @@ def gpt_shape(hybrid: ModelShape, pattern: str) -> ModelShape:
     )
 
 
-def hybrid_shape(gpt: ModelShape) -> Tuple[ModelShape, str]:
-    """``(shape as a HybridModel's args give it, pattern without pipeline splits)`` of a GPT-hybrid
-    shape: the inverse of :func:`gpt_shape`."""
-    pattern = pattern_from_gpt_layers(gpt.linear_attention_pattern(), gpt.moe_pattern())
-    shape = gpt.replace(num_layers=len(layers(pattern)), experimental_attention_variant=None,
-                        linear_attention_freq=None, moe_layer_freq=1)
-    return shape, pattern
-
-
 __all__ = [
-    "GPT_FINAL", "HYBRID_FINAL", "gpt_shape", "gpt_to_hybrid", "gpt_to_hybrid_key", "hybrid_shape",
+    "GPT_FINAL", "HYBRID_FINAL", "gpt_shape", "gpt_to_hybrid", "gpt_to_hybrid_key",
     "hybrid_to_gpt", "hybrid_to_gpt_key",
 ]

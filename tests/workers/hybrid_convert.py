@@ -18,7 +18,8 @@ from _common import SEED, full_state, perturb as shared_perturb, write
 from convert_save import NEW, SEQ, case_arch as gpt_case_arch, greedy, logits_of, perturb, tokens
 
 from megatron_gatednorm.checkpoint import Arch, megatron_args, save_checkpoint
-from megatron_gatednorm.checkpoint.hybrid_keys import gpt_to_hybrid, hybrid_shape, hybrid_to_gpt
+from megatron_gatednorm.checkpoint.hybrid_keys import gpt_to_hybrid, hybrid_to_gpt
+from megatron_gatednorm.model_shape import hybrid_form
 from megatron_gatednorm.distributed import init_distributed
 
 # name -> (convert_save case giving norms and extras, its shape changes: 2 GPT layers, pattern, pattern at PP=2)
@@ -58,7 +59,7 @@ def build_hybrid(arch: Arch):
     from megatron_gatednorm.hybrid_specs import build_hybrid_model
 
     _seed()
-    shape, _ = hybrid_shape(arch.shape)
+    shape = hybrid_form(arch.shape)
     return build_hybrid_model(_config(arch, shape), arch.hybrid_layer_pattern, shape.vocab_size, SEQ + NEW,
                               rotary_percent=arch.rotary_percent, rotary_base=int(arch.rotary_base)).eval()
 
