@@ -8,13 +8,13 @@ def test_experiment_rejects_unknown_names_before_running(tmp_path, capsys):
     from megatron_gatednorm.cli import main
     from megatron_gatednorm.experiment.pipeline import run_experiment
 
-    with pytest.raises(ValueError, match=r"invalid variant 'bogus'; valid choices: baseline, preaffine, gatednorm, clip100"):
+    with pytest.raises(ValueError, match=r"invalid variant 'bogus'; valid choices: baseline, preaffine, gatednorm, clip100, vanilla"):
         run_experiment(tmp_path / "a", "quick", ["baseline", "bogus"])
     with pytest.raises(ValueError, match=r"invalid size 'huge'; valid choices: quick, default, gpu"):
         run_experiment(tmp_path / "b", "huge", ["baseline"])
     assert main(["experiment", "--out", str(tmp_path / "c"), "--variants", "baseline,bogus"]) == 2
     err = capsys.readouterr().err
-    assert err == "mgn experiment: error: invalid variant 'bogus'; valid choices: baseline, preaffine, gatednorm, clip100\n"
+    assert err == "mgn experiment: error: invalid variant 'bogus'; valid choices: baseline, preaffine, gatednorm, clip100, vanilla\n"
     assert not any(tmp_path.iterdir())  # nothing was built
 
 

@@ -1,7 +1,7 @@
 """``mgn experiment``: the paper's comparison at small scale, end to end, on the PyPI corpus.
 
-Trains baseline (RMSNorm + gated attention), +PreAffine, +GatedNorm and clip-100 (baseline with
-the residual stream clamped to ±100) with the same seed, data order and token budget; converts
+Trains baseline (RMSNorm + gated attention), +PreAffine, +GatedNorm, clip-100 (baseline with
+the residual stream clamped to ±100) and vanilla (baseline without the attention output gate) with the same seed, data order and token budget; converts
 each to Hugging Face (``hf/<variant>``); runs the outlier analysis and the quantization
 evaluation (NVFP4 W4A4 ± SmoothQuant) on the held-out works; writes ``results.md`` /
 ``results.json`` and the figures. The flags and the printing are here;
@@ -20,7 +20,7 @@ from megatron_gatednorm.experiment.pipeline import Progress
 from megatron_gatednorm.experiment.sizes import SIZES
 from megatron_gatednorm.experiment.variants import VARIANTS
 
-HELP = "Reproduce the paper's comparison at small scale (train 4 variants, outliers, W4A4) → results.md."
+HELP = "Reproduce the paper's comparison at small scale (train 5 variants, outliers, W4A4) → results.md."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,21 +40,64 @@ class ExperimentResults:
     """The lines of ``results.md``."""
 
 
+@dataclass(frozen=True)
+class VariantRun:
+    """What :func:`train_and_analyse` made of one variant."""
+
+    train: dict
+    """The trainer's summary."""
+    hf: Path
+    """The Hugging Face folder it was converted to."""
+    outliers: dict
+    """The outlier report (:func:`~megatron_gatednorm.analysis.outlier_report.outlier_report`)."""
+
+
+def ensure_data(data: Path, spec, progress: Progress) -> int:
+    """Build the data folder ``data`` for size ``spec`` unless ``data/data.json`` exists (what a
+    killed build left is replaced: only mgn data's own files); returns the padded vocabulary."""
+    from megatron_gatednorm.data.build import MANIFEST, build_datasets, read_manifest
+    from megatron_gatednorm.parity import padded_vocab
+
+    if not (Path(data) / MANIFEST).exists():
+        progress.data_built(build_datasets(data, vocab_size=spec.vocab_size, max_works=spec.max_works, replace=True))
+    return padded_vocab(read_manifest(data)["vocab_size"])
+
+
+def train_and_analyse(out: Path, spec, name: str, data: Path, seed: int,
+                      progress: Optional[Progress] = None) -> VariantRun:
+    """Train variant ``name`` (a key of :data:`~.variants.VARIANTS`) at size ``spec`` (an
+    :class:`~.sizes.ExperimentSize`) on the data folder ``data`` with ``seed`` into
+    ``out/runs/<name>``, convert it to ``out/hf/<name>`` and write its outlier report on
+    ``spec.eval_windows`` held-out windows to ``out/reports/<name>``."""
+    from megatron_gatednorm.analysis.outlier_report import outlier_report
+    from megatron_gatednorm.convert.to_hf import convert_to_hf
+    from megatron_gatednorm.experiment.trainer_argv import trainer_argv
+    from megatron_gatednorm.experiment.variants import VARIANTS, parity_shape
+    from megatron_gatednorm.training.small_trainer import train
+
+    progress = progress or Progress()
+    out, data = Path(out), Path(data)
+    padded = ensure_data(data, spec, progress)
+    run_dir = out / "runs" / name
+    summary = train(trainer_argv(spec, parity_shape(spec, padded, name), data, run_dir, seed) + VARIANTS[name])
+    report_dir = out / "reports" / name
+    hf_dir = out / "hf" / name  # converted once, analysed by both tools
+    convert_to_hf(run_dir, hf_dir, tokenizer=data / "tokenizer", dtype="fp32", overwrite=True, progress=False)
+    outliers = outlier_report(hf_dir, data / "heldout_text_document", report_dir, seq_length=spec.seq_length,
+                              num_sequences=spec.eval_windows, title=name)
+    progress.outliers_written(name, outliers, report_dir)
+    return VariantRun(train=summary, hf=hf_dir, outliers=outliers)
+
+
 def run_experiment(out: Path, size: str, variants: Sequence[str], seed: int = 1234,
                    progress: Optional[Progress] = None) -> ExperimentResults:
     """Run the experiment at ``size`` (a key of :data:`~.sizes.SIZES`) for ``variants`` (keys of
     :data:`~.variants.VARIANTS`) with ``seed``, in the folder ``out``. Unknown names raise
     ``ValueError`` before anything runs. ``progress`` hears of each step's result."""
-    from megatron_gatednorm.analysis.outlier_report import outlier_report
-    from megatron_gatednorm.convert.to_hf import convert_to_hf
-    from megatron_gatednorm.data.build import MANIFEST, build_datasets, read_manifest
     from megatron_gatednorm.experiment.report import results_table, write_results
     from megatron_gatednorm.experiment.sizes import experiment_size
-    from megatron_gatednorm.experiment.trainer_argv import trainer_argv
-    from megatron_gatednorm.experiment.variants import VARIANTS, check_variants, parity_shape
-    from megatron_gatednorm.parity import padded_vocab
+    from megatron_gatednorm.experiment.variants import check_variants
     from megatron_gatednorm.quant.evaluate import evaluate_checkpoint
-    from megatron_gatednorm.training.small_trainer import train
     from megatron_gatednorm.user_input import check_output_dir
 
     progress = progress or Progress()
@@ -64,27 +107,15 @@ def run_experiment(out: Path, size: str, variants: Sequence[str], seed: int = 12
     check_output_dir(out, "--out")
     data = out / "data"
     t0 = time.time()
-    if not (data / MANIFEST).exists():
-        # no data.json: nothing there, or what a killed build left (replaced: only mgn data's own files)
-        progress.data_built(build_datasets(data, vocab_size=spec.vocab_size, max_works=spec.max_works, replace=True))
+    ensure_data(data, spec, progress)
     results = {}
-    padded = padded_vocab(read_manifest(data)["vocab_size"])
     for name in variants:
-        run_dir = out / "runs" / name
-        shape = parity_shape(spec, padded, VARIANTS[name])
-        summary = train(trainer_argv(spec, shape, data, run_dir, seed) + VARIANTS[name])
-        report_dir = out / "reports" / name
-        hf_dir = out / "hf" / name  # converted once, analysed by both tools
-        convert_to_hf(run_dir, hf_dir, tokenizer=data / "tokenizer", dtype="fp32", overwrite=True, progress=False)
-        heldout = data / "heldout_text_document"
-        outliers = outlier_report(hf_dir, heldout, report_dir, seq_length=spec.seq_length,
-                                  num_sequences=spec.eval_windows, title=name)
-        progress.outliers_written(name, outliers, report_dir)
-        quant = evaluate_checkpoint(hf_dir, heldout, ["nvfp4", "nvfp4+sq"], seq_length=spec.seq_length,
-                                    num_sequences=spec.eval_windows, calib_sequences=4,
-                                    json_path=report_dir / "quant.json")
+        run = train_and_analyse(out, spec, name, data, seed, progress)
+        quant = evaluate_checkpoint(run.hf, data / "heldout_text_document", ["nvfp4", "nvfp4+sq"],
+                                    seq_length=spec.seq_length, num_sequences=spec.eval_windows, calib_sequences=4,
+                                    json_path=out / "reports" / name / "quant.json")
         progress.quant_evaluated(name, quant)
-        results[name] = dict(train=summary, outliers=outliers, quant=quant)
+        results[name] = dict(train=run.train, outliers=run.outliers, quant=quant)
     table = results_table(size, spec, seed, results, out, time.time() - t0)
     write_results(out, table, results)
     return ExperimentResults(results=results, table=table)

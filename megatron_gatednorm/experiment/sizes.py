@@ -39,7 +39,7 @@ class ExperimentSize:
     """Works of the corpus taken (0: all)."""
 
     def shape(self, padded_vocab: int) -> ModelShape:
-        """The baseline model (every variant has gated attention and QK-norm, the paper's baseline)."""
+        """The baseline model: gated attention and QK-norm, the paper's baseline (variants.SHAPE_CHANGES: what a variant changes)."""
         return ModelShape(
             num_layers=self.num_layers, hidden_size=self.hidden_size, num_attention_heads=self.num_attention_heads,
             num_query_groups=self.num_query_groups, ffn_hidden_size=self.ffn_hidden_size, vocab_size=padded_vocab,

@@ -1,7 +1,10 @@
 """The experiment's variants: the plugin flags of each, and its model at parameter parity.
 
-Every variant has gated attention (the paper's baseline); FFN width is set per variant for
-parameter parity with the baseline (parity.parity_ffn), as the paper does.
+Every variant but ``vanilla`` has gated attention (the paper's baseline); ``vanilla`` is the
+baseline without the attention output gate (plain softmax attention), the control for gated
+attention's known suppression of attention sinks and massive activations. FFN width is set per
+variant for parameter parity with the baseline of the same attention (parity.parity_ffn), as the
+paper does; ``vanilla`` has the baseline's FFN and fewer parameters (no gate projection).
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ VARIANTS: Dict[str, List[str]] = {
     "preaffine": ["--norm-variant", "preaffine"],
     "gatednorm": ["--norm-variant", "gatednorm"],
     "clip100": ["--norm-variant", "rmsnorm", "--residual-clip", "100"],
+    "vanilla": ["--norm-variant", "rmsnorm"],
 }
+
+SHAPE_CHANGES: Dict[str, dict] = {"vanilla": dict(attention_output_gate=False)}
+"""Per variant, the :class:`ModelShape` fields that differ from the size's baseline shape (besides the FFN width)."""
 
 
 def check_variants(names: Sequence[str]) -> None:
@@ -37,9 +44,11 @@ def variant_norm_config(variant_flags: Sequence[str]):
     return norm_config_from_args(add_gatednorm_args(argparse.ArgumentParser()).parse_args(list(variant_flags)))
 
 
-def parity_shape(size: ExperimentSize, padded_vocab: int, variant_flags: Sequence[str]) -> ModelShape:
-    """The baseline shape with this variant's parity FFN width (the baseline's parameter count)."""
+def parity_shape(size: ExperimentSize, padded_vocab: int, name: str) -> ModelShape:
+    """Variant ``name``'s model: the size's baseline shape with the variant's :data:`SHAPE_CHANGES`
+    and its parity FFN width (the parameter count of that shape with RMSNorm)."""
     from megatron_gatednorm.parity import parity_ffn
 
-    shape = size.shape(padded_vocab)
-    return shape.replace(ffn_hidden_size=parity_ffn(shape, variant_norm_config(variant_flags)).width)
+    check_variants([name])
+    shape = size.shape(padded_vocab).replace(**SHAPE_CHANGES.get(name, {}))
+    return shape.replace(ffn_hidden_size=parity_ffn(shape, variant_norm_config(VARIANTS[name])).width)
