@@ -10,7 +10,8 @@ the table reports, per setting, from the outlier report on the size's held-out w
 
 * top-dim ratio: ``H^j_avg`` of the top residual-sink dimension over the median dimension's;
 * first-token attention: mean over (layer, head) of ``mean_{q>=1} A[q, 0]``; its max over
-  (layer, head); the sink rate (fraction of (layer, head) above 0.3);
+  (layer, head) and that max over what uniform causal attention gives (:func:`uniform_first_token`);
+  the sink rate (fraction of (layer, head) above 0.3, Gu et al.'s attention-sink threshold);
 * peak |h|: the largest residual-stream activation over the held-out windows;
 * held-out loss (the trainer's last evaluation) and the wall time of train + convert + analysis.
 
@@ -36,14 +37,23 @@ GRID = (
 )
 """The settings run without ``--settings``."""
 
-COLUMNS = ("setting", "tokens", "top-dim ratio", "first-token attn mean", "max", "sink rate", "peak abs(h)",
-           "held-out loss", "wall s")
+COLUMNS = ("setting", "tokens", "top-dim ratio", "first-token attn mean", "max", "max / uniform", "sink rate",
+           "peak abs(h)", "held-out loss", "wall s")
 
 
-def parse_setting(text: str) -> Tuple[str, object]:
-    """``VARIANT[@SIZE][:field=value,...]`` → (variant, size); ``ValueError`` naming what is invalid."""
+def uniform_first_token(seq_length: int) -> float:
+    """First-token attention mass of uniform causal attention, ``mean_{q=1..T-1} 1/(q+1)``: a head
+    at this level attends to the first token no more than to any other."""
+    return sum(1 / (q + 1) for q in range(1, seq_length)) / (seq_length - 1)
+
+
+def parse_setting(text: str) -> Tuple[str, object, dict]:
+    """``VARIANT[@SIZE][:field=value,...]`` → (variant, size, model changes): a field is one of
+    :class:`ExperimentSize`'s or a switch of :class:`ModelShape` as 0/1 (``qk_layernorm=0``);
+    ``ValueError`` naming what is invalid."""
     from megatron_gatednorm.experiment.sizes import ExperimentSize, experiment_size
     from megatron_gatednorm.experiment.variants import check_variants
+    from megatron_gatednorm.model_shape import ModelShape
 
     m = re.fullmatch(r"(\w+)(?:@(\w+))?(?::(.*))?", text)
     if not m:
@@ -52,13 +62,18 @@ def parse_setting(text: str) -> Tuple[str, object]:
     check_variants([variant])
     size = experiment_size(size_name)
     fields = {f.name: f.type for f in dataclasses.fields(ExperimentSize)}
-    updates = {}
+    switches = [f.name for f in dataclasses.fields(ModelShape) if f.type in (bool, "bool")]
+    updates, shape_changes = {}, {}
     for item in filter(None, (changes or "").split(",")):
         key, _, value = item.partition("=")
-        if key not in fields or not value:
-            raise ValueError(f"invalid field {item!r} in setting {text!r}; valid fields: {', '.join(fields)}")
-        updates[key] = float(value) if fields[key] in (float, "float") else int(value)
-    return variant, dataclasses.replace(size, **updates)
+        if key in switches and value in ("0", "1"):
+            shape_changes[key] = value == "1"
+        elif key in fields and value:
+            updates[key] = float(value) if fields[key] in (float, "float") else int(value)
+        else:
+            raise ValueError(f"invalid field {item!r} in setting {text!r}; valid fields: {', '.join(fields)}, "
+                             f"and as 0/1: {', '.join(switches)}")
+    return variant, dataclasses.replace(size, **updates), shape_changes
 
 
 def run_setting(out: Path, text: str, data_root: Path, seed: int) -> dict:
@@ -66,18 +81,18 @@ def run_setting(out: Path, text: str, data_root: Path, seed: int) -> dict:
     works in ``data_root``); returns the row's numbers (also written to ``result.json``)."""
     from megatron_gatednorm.experiment.pipeline import train_and_analyse
 
-    variant, size = parse_setting(text)
+    variant, size, shape_changes = parse_setting(text)
     folder = out / re.sub(r"[^\w.=,@-]", "_", text)
     done = folder / "result.json"
     if done.exists():
         return json.loads(done.read_text())
     data = data_root / f"v{size.vocab_size}-w{size.max_works}"
     t0 = time.time()
-    run = train_and_analyse(folder, size, variant, data, seed)
+    run = train_and_analyse(folder, size, variant, data, seed, shape_changes=shape_changes)
     attn = run.outliers["first_token_attention"]
     per_head = [m for masses in attn["per_layer_head"].values() for m in masses]
     result = dict(
-        setting=text, size=dataclasses.asdict(size), tokens=size.train_iters * size.global_batch_size * size.seq_length,
+        setting=text, size=dataclasses.asdict(size), shape_changes=shape_changes, tokens=size.train_iters * size.global_batch_size * size.seq_length,
         top_dim_ratio=run.outliers["sink_dims"][0]["ratio_to_median"], top_dim=run.outliers["sink_dims"][0]["dim"],
         first_token_mean=attn["mean"], first_token_max=max(per_head), sink_rate=attn["sink_rate"],
         first_token_per_layer=attn["per_layer_head"], peak_abs=run.outliers["peak_abs"],
@@ -94,7 +109,8 @@ def table(results: List[dict]) -> List[str]:
     for r in results:
         lines.append(
             f"| `{r['setting']}` | {r['tokens']:,} | {r['top_dim_ratio']:.1f} | {r['first_token_mean']:.3f} | "
-            f"{r['first_token_max']:.3f} | {r['sink_rate']:.2f} | {r['peak_abs']:.1f} | {r['heldout_loss']:.3f} | "
+            f"{r['first_token_max']:.3f} | {r['first_token_max'] / uniform_first_token(r['size']['seq_length']):.1f} | "
+            f"{r['sink_rate']:.2f} | {r['peak_abs']:.1f} | {r['heldout_loss']:.3f} | "
             f"{r['wall_s']:.0f} |")
     return lines
 

@@ -27,6 +27,7 @@ def test_vanilla_is_the_baseline_without_the_output_gate(size, tmp_path):
             (("baseline", base), ("vanilla", vanilla))}
     assert "--attention-output-gate" in argv["baseline"] and "--attention-output-gate" not in argv["vanilla"]
     assert [a for a in argv["baseline"] if a != "--attention-output-gate"] == argv["vanilla"]
+    assert not parity_shape(SIZES[size], 4096, "vanilla", dict(qk_layernorm=False)).qk_layernorm
 
 
 def test_parity_shape_rejects_an_unknown_variant():
@@ -45,12 +46,13 @@ def search():
 
 
 def test_sink_search_settings(search):
-    variant, size = search.parse_setting("vanilla@quick:seq_length=256,lr=1e-2")
-    assert variant == "vanilla" and size.seq_length == 256 and size.lr == 0.01
+    variant, size, changes = search.parse_setting("vanilla@quick:seq_length=256,lr=1e-2,qk_layernorm=0")
+    assert variant == "vanilla" and size.seq_length == 256 and size.lr == 0.01 and changes == {"qk_layernorm": False}
     assert size.num_layers == SIZES["quick"].num_layers
     for bad, match in (("plain", r"invalid variant 'plain'"), ("vanilla@huge", r"invalid size 'huge'"),
                        ("vanilla:depth=3", r"invalid field 'depth=3' .*valid fields: num_layers"),
-                       ("vanilla:lr=", r"invalid field 'lr='"), ("vanilla seq", r"expected VARIANT\[@SIZE\]")):
+                       ("vanilla:lr=", r"invalid field 'lr='"),
+                       ("vanilla:qk_layernorm=yes", r"as 0/1: .*qk_layernorm"), ("vanilla seq", r"expected VARIANT\[@SIZE\]")):
         with pytest.raises(ValueError, match=match):
             search.parse_setting(bad)
     assert search.main(["--settings", "vanilla:depth=3"]) == 2

@@ -64,8 +64,9 @@ def ensure_data(data: Path, spec, progress: Progress) -> int:
 
 
 def train_and_analyse(out: Path, spec, name: str, data: Path, seed: int,
-                      progress: Optional[Progress] = None) -> VariantRun:
-    """Train variant ``name`` (a key of :data:`~.variants.VARIANTS`) at size ``spec`` (an
+                      progress: Optional[Progress] = None, shape_changes: Optional[dict] = None) -> VariantRun:
+    """Train variant ``name`` (a key of :data:`~.variants.VARIANTS`; ``shape_changes``: model fields
+    changed beyond it, see :func:`~.variants.parity_shape`) at size ``spec`` (an
     :class:`~.sizes.ExperimentSize`) on the data folder ``data`` with ``seed`` into
     ``out/runs/<name>``, convert it to ``out/hf/<name>`` and write its outlier report on
     ``spec.eval_windows`` held-out windows to ``out/reports/<name>``."""
@@ -79,7 +80,7 @@ def train_and_analyse(out: Path, spec, name: str, data: Path, seed: int,
     out, data = Path(out), Path(data)
     padded = ensure_data(data, spec, progress)
     run_dir = out / "runs" / name
-    summary = train(trainer_argv(spec, parity_shape(spec, padded, name), data, run_dir, seed) + VARIANTS[name])
+    summary = train(trainer_argv(spec, parity_shape(spec, padded, name, shape_changes), data, run_dir, seed) + VARIANTS[name])
     report_dir = out / "reports" / name
     hf_dir = out / "hf" / name  # converted once, analysed by both tools
     convert_to_hf(run_dir, hf_dir, tokenizer=data / "tokenizer", dtype="fp32", overwrite=True, progress=False)

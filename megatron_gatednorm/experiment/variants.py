@@ -9,7 +9,7 @@ paper does; ``vanilla`` has the baseline's FFN and fewer parameters (no gate pro
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from megatron_gatednorm.experiment.sizes import ExperimentSize
 from megatron_gatednorm.model_shape import ModelShape
@@ -44,11 +44,13 @@ def variant_norm_config(variant_flags: Sequence[str]):
     return norm_config_from_args(add_gatednorm_args(argparse.ArgumentParser()).parse_args(list(variant_flags)))
 
 
-def parity_shape(size: ExperimentSize, padded_vocab: int, name: str) -> ModelShape:
+def parity_shape(size: ExperimentSize, padded_vocab: int, name: str,
+                 shape_changes: Optional[dict] = None) -> ModelShape:
     """Variant ``name``'s model: the size's baseline shape with the variant's :data:`SHAPE_CHANGES`
-    and its parity FFN width (the parameter count of that shape with RMSNorm)."""
+    (then ``shape_changes``, :class:`ModelShape` fields: a search's ablation) and its parity FFN
+    width (the parameter count of that shape with RMSNorm)."""
     from megatron_gatednorm.parity import parity_ffn
 
     check_variants([name])
-    shape = size.shape(padded_vocab).replace(**SHAPE_CHANGES.get(name, {}))
+    shape = size.shape(padded_vocab).replace(**SHAPE_CHANGES.get(name, {}), **(shape_changes or {}))
     return shape.replace(ffn_hidden_size=parity_ffn(shape, variant_norm_config(VARIANTS[name])).width)
