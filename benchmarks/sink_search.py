@@ -31,11 +31,14 @@ import time
 from pathlib import Path
 from typing import List, Tuple
 
+_V512 = "vocab_size=512,seq_length=256,micro_batch_size=8,global_batch_size=8"
 GRID = (
-    "vanilla", "baseline",
-    "vanilla:train_iters=600", "vanilla:seq_length=256", "vanilla:lr=1e-2",
+    "vanilla", "vanilla:seq_length=256,micro_batch_size=8,global_batch_size=8", "vanilla:lr=1e-2",
+    f"vanilla:{_V512},lr=1e-2", f"baseline:{_V512},lr=1e-2",
+    f"vanilla:{_V512},train_iters=600", f"vanilla:{_V512},train_iters=600,lr=1e-2",
+    f"vanilla:{_V512},qk_layernorm=0", f"vanilla:{_V512},qk_layernorm=0,lr=1e-2",
 )
-"""The settings run without ``--settings``."""
+"""The settings run without ``--settings``: the search of ``docs/sink_search.md``, in its order."""
 
 COLUMNS = ("setting", "tokens", "top-dim ratio", "first-token attn mean", "max", "max / uniform", "sink rate",
            "peak abs(h)", "held-out loss", "wall s")
