@@ -56,3 +56,5 @@ def test_sink_search_settings(search):
         with pytest.raises(ValueError, match=match):
             search.parse_setting(bad)
     assert search.main(["--settings", "vanilla:depth=3"]) == 2
+    for setting in search.GRID:  # the documented search parses
+        search.parse_setting(setting)
