@@ -37,6 +37,8 @@ GRID = (
     f"vanilla:{_V512},lr=1e-2", f"baseline:{_V512},lr=1e-2",
     f"vanilla:{_V512},train_iters=600", f"vanilla:{_V512},train_iters=600,lr=1e-2",
     f"vanilla:{_V512},qk_layernorm=0", f"vanilla:{_V512},qk_layernorm=0,lr=1e-2",
+    f"vanilla:{_V512},num_layers=2,train_iters=1200", f"baseline:{_V512},num_layers=2,train_iters=1200",
+    f"vanilla:{_V512},num_layers=2,hidden_size=64,ffn_hidden_size=176,train_iters=2400",
 )
 """The settings run without ``--settings``: the search of ``docs/sink_search.md``, in its order."""
 
