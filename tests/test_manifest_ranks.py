@@ -17,41 +17,44 @@ from megatron_gatednorm.checkpoint.manifest import write_manifest
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # spawns two processes that import torch
 
 
-def _rank(rank: int, store: str, folder: str, out: str) -> None:
+def _rank(rank: int, store: str, folders: list, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    hashed = []
     verify = read.verify_iteration
-    read.verify_iteration = lambda path: (hashed.append(rank), verify(path))[1]
-    try:
-        read._verify_on_rank0(Path(folder), dist)
-        outcome = "ok"
-    except CheckpointError as e:
-        outcome = str(e)
-    Path(out, f"{rank}.json").write_text(json.dumps({"verified_here": bool(hashed), "outcome": outcome}))
+    records = []
+    for folder in folders:
+        hashed = []
+        read.verify_iteration = lambda path: (hashed.append(rank), verify(path))[1]
+        try:
+            read._verify_on_rank0(Path(folder), dist)
+            outcome = "ok"
+        except CheckpointError as e:
+            outcome = str(e)
+        records.append({"verified_here": bool(hashed), "outcome": outcome})
+    Path(out, f"{rank}.json").write_text(json.dumps(records))
     dist.destroy_process_group()
 
 
-def _run(tmp_path, folder):
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    mp.spawn(_rank, args=(str(tmp_path / "store"), str(folder), str(out)), nprocs=2)
-    (tmp_path / "store").unlink(missing_ok=True)
-    return [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
+def _folder(path, shard: bytes):
+    path.mkdir()
+    (path / "__0_0.distcp").write_bytes(b"x" * 1000)
+    (path / ".metadata").write_bytes(b"meta")
+    write_manifest(path, "megatron-checkpoint")
+    (path / "__0_0.distcp").write_bytes(shard)  # after the manifest: changed unless it is the same
+    return path
 
 
 def test_rank0_verifies_and_every_rank_gets_its_verdict(tmp_path):
-    folder = tmp_path / "iter_0000001"
-    folder.mkdir()
-    (folder / "__0_0.distcp").write_bytes(b"x" * 1000)
-    (folder / ".metadata").write_bytes(b"meta")
-    write_manifest(folder, "megatron-checkpoint")
-
-    good = _run(tmp_path, folder)
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    good = _folder(tmp_path / "good" / "iter_0000001", b"x" * 1000)
+    bad = _folder(tmp_path / "bad" / "iter_0000001", b"y" * 1000)  # same size, other bytes
+    out = tmp_path / "out"
+    out.mkdir()
+    mp.spawn(_rank, args=(str(tmp_path / "store"), [str(good), str(bad)], str(out)), nprocs=2)
+    ranks = [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
+    good, bad = [[ranks[r][i] for r in (0, 1)] for i in (0, 1)]
     assert [r["verified_here"] for r in good] == [True, False]
     assert [r["outcome"] for r in good] == ["ok", "ok"]
-
-    (folder / "__0_0.distcp").write_bytes(b"y" * 1000)  # same size, other bytes
-    bad = _run(tmp_path, folder)
     assert [r["verified_here"] for r in bad] == [True, False]
     assert bad[0]["outcome"] == bad[1]["outcome"] and "__0_0.distcp" in bad[1]["outcome"]
     assert "changed since they were written" in bad[1]["outcome"]

@@ -14,9 +14,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.mcore019]
 
 ROOT = Path(__file__).parent.parent
 VENV_PY = Path(os.environ.get("MGN_MCORE019_VENV", ROOT / ".venv-mcore019")) / "bin" / "python"
-CORE_TESTS = ["tests/test_specs.py", "tests/test_hybrid_specs.py", "tests/test_hybrid_pattern.py", "tests/test_parallel.py",
-              "tests/test_hybrid_params.py",
-              "tests/test_norms.py::test_megatron_parameter_contract"]
+# test_parallel's GPTModel resharding is left to the main environment: on 0.19 torch_dist
+# resharding is exercised by the HybridModel tests (TP=1 checkpoints loaded at TP=2, EP=2, PP=2)
+CORE_TESTS = ["tests/test_specs.py", "tests/test_hybrid_specs.py", "tests/test_hybrid_pattern.py",
+              "tests/test_parallel.py::test_tp2_and_sequence_parallel_match_tp1",
+              "tests/test_parallel.py::test_pp2_pipeline_schedule_matches_pp1", "tests/test_parallel.py::test_moe_ep2_matches_ep1",
+              "tests/test_hybrid_params.py", "tests/test_norms.py::test_megatron_parameter_contract"]
 
 
 @pytest.mark.distributed
