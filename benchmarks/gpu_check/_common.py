@@ -120,6 +120,63 @@ def rel_err(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
+def with_impl(impl: str) -> None:
+    """Make the plugin's norms take ``impl`` (``fused`` | ``eager``) from their next call on."""
+    os.environ["MGN_NORM_IMPL"] = impl
+
+
+def model_grads(model) -> dict:
+    """fp32 copies of every gradient (``main_grad`` under Megatron DDP), names without ``module.``."""
+    out = {}
+    for name, p in model.named_parameters():
+        g = getattr(p, "main_grad", None)
+        g = p.grad if g is None else g
+        if g is not None:
+            out[name.removeprefix("module.")] = g.detach().float().clone()
+    return out
+
+
+def impl_decisions(model) -> list:
+    """Which path (fused / eager, and why) the model's plugin norms took."""
+    from megatron_gatednorm.norms import _ResidualNorm
+
+    return sorted({m.impl_decision.reason for m in model.modules()
+                   if isinstance(m, _ResidualNorm) and m.impl_decision is not None})
+
+
+def compare_run(loss, grads, ref_loss, ref_grads) -> dict:
+    """A run's loss and gradients against a reference run's: relative differences, bit-exactness."""
+    import torch
+
+    diffs = {n: rel_err(grads[n], ref_grads[n]) for n in ref_grads}
+    worst = sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    return {
+        "loss": loss.item(), "loss_rel_diff": abs(loss.item() - ref_loss.item()) / abs(ref_loss.item()),
+        "same_parameters": sorted(grads) == sorted(ref_grads),
+        "bit_exact": bool(loss == ref_loss) and all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads),
+        "max_grad_rel_diff": max(diffs.values()), "worst_grads": {k: v for k, v in worst},
+    }
+
+
+def median_step_ms(setup, model, n: int = 5) -> float:
+    """Median ms of ``n`` ``setup.step(model)`` calls (fwd+bwd; synchronised on CUDA)."""
+    import statistics
+
+    import torch
+
+    times = []
+    for _ in range(n):
+        model.zero_grad(set_to_none=True)
+        if setup.cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        setup.step(model)
+        if setup.cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return round(statistics.median(times), 3)
+
+
 def norm_params(variant: str, d: int, dtype, device, seed: int = 0) -> dict:
     """Trained-looking parameters of ``variant`` for the functional API (no gradients)."""
     import torch

@@ -19,8 +19,6 @@ script, not the GPU. On a GPU the shim is never applied (``init_distributed`` re
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import time
 
@@ -89,76 +87,29 @@ class Setup:
         return loss.detach()
 
 
-def _with_impl(impl: str):
-    os.environ["MGN_NORM_IMPL"] = impl
-
-
-def _grads(model):
-    """fp32 copies of every gradient (``main_grad`` under Megatron DDP), names without ``module.``."""
-    out = {}
-    for name, p in model.named_parameters():
-        g = getattr(p, "main_grad", None)
-        g = p.grad if g is None else g
-        if g is not None:
-            out[name.removeprefix("module.")] = g.detach().float().clone()
-    return out
-
-
-def _decisions(model):
-    from megatron_gatednorm.norms import _ResidualNorm
-
-    return sorted({m.impl_decision.reason for m in model.modules()
-                   if isinstance(m, _ResidualNorm) and m.impl_decision is not None})
-
-
-def _compare(loss, grads, ref_loss, ref_grads):
-    diffs = {n: C.rel_err(grads[n], ref_grads[n]) for n in ref_grads}
-    worst = sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
-    return {
-        "loss": loss.item(), "loss_rel_diff": abs(loss.item() - ref_loss.item()) / abs(ref_loss.item()),
-        "same_parameters": sorted(grads) == sorted(ref_grads),
-        "bit_exact": bool(loss == ref_loss) and all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads),
-        "max_grad_rel_diff": max(diffs.values()), "worst_grads": {k: v for k, v in worst},
-    }
-
-
-def _median_ms(setup, model, n=5):
-    times = []
-    for _ in range(n):
-        model.zero_grad(set_to_none=True)
-        if setup.cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        setup.step(model)
-        if setup.cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return round(statistics.median(times), 3)
-
-
 def fused_vs_eager(setup, variant, ref):
     model, _ = setup.build(variant)
     res = {}
     for impl in ("fused", "eager"):
-        _with_impl(impl)
+        C.with_impl(impl)
         model.zero_grad(set_to_none=True)
         loss = setup.step(model)
-        grads = _grads(model)
-        res[f"{impl}_decisions"] = _decisions(model)
-        res[f"{impl}_ms"] = _median_ms(setup, model, 5 if setup.cuda else 1)
+        grads = C.model_grads(model)
+        res[f"{impl}_decisions"] = C.impl_decisions(model)
+        res[f"{impl}_ms"] = C.median_step_ms(setup, model, 5 if setup.cuda else 1)
         if impl == "fused":
             ref[variant] = (loss, grads)  # the baseline of the recompute and DDP checks
-    res.update(_compare(loss, grads, *ref[variant]))
+    res.update(C.compare_run(loss, grads, *ref[variant]))
     res["compared"] = "eager against fused"
-    _with_impl("fused")
+    C.with_impl("fused")
     return res
 
 
 def recompute(setup, variant, ref):
-    _with_impl("fused")
+    C.with_impl("fused")
     model, _ = setup.build(variant, **RECOMPUTE)
     loss = setup.step(model)
-    return {"config": RECOMPUTE, "decisions": _decisions(model), **_compare(loss, _grads(model), *ref[variant])}
+    return {"config": RECOMPUTE, "decisions": C.impl_decisions(model), **C.compare_run(loss, C.model_grads(model), *ref[variant])}
 
 
 def ddp(setup, variant, ref):
@@ -168,19 +119,19 @@ def ddp(setup, variant, ref):
         finalize_model_grads,
     )
 
-    _with_impl("fused")
+    C.with_impl("fused")
     model, cfg = setup.build(variant)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False)
     wrapped = DistributedDataParallel(cfg, ddp_config, module=model)
     wrapped.zero_grad_buffer()
     loss = setup.step(wrapped)
     finalize_model_grads([wrapped])
-    grads = _grads(wrapped)
+    grads = C.model_grads(wrapped)
     norm_names = [n for n in grads if "layernorm" in n]
     return {
         "norm_parameters": len(norm_names),
         "norm_main_grads_nonzero": all(bool(grads[n].abs().sum() > 0) for n in norm_names),
-        **_compare(loss, grads, *ref[variant]),
+        **C.compare_run(loss, grads, *ref[variant]),
     }
 
 

@@ -27,10 +27,8 @@ import torch
 
 try:  # imported as benchmarks.gpu_check.<helper> (the tests)
     from . import _common as C
-    from .gpt_tiny import _compare, _decisions, _grads, _median_ms, _with_impl
 except ImportError:  # run as a script: its folder is sys.path[0]
     import _common as C
-    from gpt_tiny import _compare, _decisions, _grads, _median_ms, _with_impl
 
 PATTERN = "GE*E"
 STEPS = 8
@@ -46,8 +44,8 @@ def _parse(argv):
 
 
 class HybridSetup:
-    """Shape, dtype and data of the run; builds seeded HybridModels (the interface of gpt_tiny's
-    ``Setup`` that its ``_median_ms`` uses: ``cuda``, ``step``)."""
+    """Shape, dtype and data of the run; builds seeded HybridModels (``cuda`` and ``step``: what
+    ``_common.median_step_ms`` uses)."""
 
     def __init__(self, cpu_smoke: bool):
         from megatron_gatednorm.model_shape import ModelShape
@@ -107,19 +105,19 @@ def fused_vs_eager(setup, variant):
     model = setup.build(variant)
     out = {}
     for impl in ("fused", "eager"):
-        _with_impl(impl)
+        C.with_impl(impl)
         model.zero_grad(set_to_none=True)
-        out[impl] = (setup.step(model), _grads(model))
-        out[f"{impl}_decisions"] = _decisions(model)
-    _with_impl("fused")
-    res = _compare(*out["eager"], *out["fused"])
+        out[impl] = (setup.step(model), C.model_grads(model))
+        out[f"{impl}_decisions"] = C.impl_decisions(model)
+    C.with_impl("fused")
+    res = C.compare_run(*out["eager"], *out["fused"])
     res.update(compared="eager against fused", fused_decisions=out["fused_decisions"],
                eager_decisions=out["eager_decisions"])
     return res
 
 
 def train(setup, variant):
-    _with_impl("fused")
+    C.with_impl("fused")
     model = setup.build(variant)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     losses = []
@@ -130,7 +128,7 @@ def train(setup, variant):
     return {
         "pattern": PATTERN, "steps": STEPS, "losses": [round(x, 5) for x in losses],
         "finite": all(math.isfinite(x) for x in losses), "decreasing": losses[-1] < losses[0],
-        "step_ms": _median_ms(setup, model, 5 if setup.cuda else 1), "decisions": _decisions(model),
+        "step_ms": C.median_step_ms(setup, model, 5 if setup.cuda else 1), "decisions": C.impl_decisions(model),
         "gated_delta_rule": _delta_rule(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
