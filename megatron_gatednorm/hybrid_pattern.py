@@ -25,7 +25,7 @@ SYMBOLS = {"G": "Gated DeltaNet", "*": "attention", "-": "MLP", "E": "MoE"}
 PIPE = "|"
 MIXERS = {"G": 1, "*": 0}  # symbol -> linear_attention flag
 FFNS = {"E": 1, "-": 0}  # symbol -> moe flag
-_UNSUPPORTED = {"M": "Mamba", "D": "DeepSeek sparse attention", "+": "MLA"}
+UNSUPPORTED = {"M": "Mamba", "D": "DeepSeek sparse attention", "+": "MLA"}  # megatron-core symbols the specs refuse
 _VALID = "valid: G (Gated DeltaNet), * (attention), - (MLP), E (MoE), | (pipeline stage boundary)"
 
 
@@ -41,7 +41,7 @@ def check_hybrid_pattern(pattern: str) -> None:
         )
     for symbol in pattern:
         if symbol not in SYMBOLS and symbol != PIPE:
-            what = _UNSUPPORTED.get(symbol, "unknown")
+            what = UNSUPPORTED.get(symbol, "unknown")
             raise ValueError(f"invalid layer symbol {symbol!r} ({what}) in hybrid_layer_pattern={pattern!r}; {_VALID}")
     if any(not segment for segment in pattern.split(PIPE)):
         raise ValueError(f"invalid hybrid_layer_pattern={pattern!r}: an empty pipeline segment (two '|' in a row, "
@@ -90,6 +90,6 @@ def gpt_layers_from_pattern(pattern: str) -> Tuple[List[int], List[int]]:
 
 
 __all__ = [
-    "FFNS", "MIXERS", "PIPE", "SYMBOLS", "check_hybrid_pattern", "gpt_layers_from_pattern", "layer_counts",
+    "FFNS", "MIXERS", "PIPE", "SYMBOLS", "UNSUPPORTED", "check_hybrid_pattern", "gpt_layers_from_pattern", "layer_counts",
     "layers", "pattern_from_gpt_layers", "segments",
 ]

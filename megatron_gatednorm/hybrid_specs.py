@@ -51,11 +51,10 @@ from megatron.core.transformer.identity_op import IdentityFuncOp, IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
 from megatron_gatednorm import specs as _specs
-from megatron_gatednorm.hybrid_pattern import check_hybrid_pattern
+from megatron_gatednorm.hybrid_pattern import UNSUPPORTED, check_hybrid_pattern
 from megatron_gatednorm.norm_config import NormConfig
 
 SUPPORTED_SYMBOLS = {"G": "gdn_layer", "*": "attention_layer", "-": "mlp_layer", "E": "moe_layer"}
-_UNSUPPORTED = {"M": "Mamba", "D": "DeepSeek sparse attention", "+": "MLA"}
 
 
 def _hybrid():
@@ -78,7 +77,7 @@ class UnsupportedHybridLayer:
 
     def __init__(self, *args, symbol: str = "?", **kwargs):
         raise ValueError(
-            f"layer symbol {symbol!r} ({_UNSUPPORTED.get(symbol, 'unknown')}) is not supported by "
+            f"layer symbol {symbol!r} ({UNSUPPORTED.get(symbol, 'unknown')}) is not supported by "
             "megatron-gatednorm's hybrid specs; valid: G * - E"
         )
 
