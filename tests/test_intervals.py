@@ -50,3 +50,21 @@ def test_seed_spread():
     s = iv.seed_spread([1.0, 2.0, 4.0])
     assert s == dict(mean=pytest.approx(7 / 3), std=pytest.approx(np.std([1, 2, 4], ddof=1)), min=1.0, max=4.0, n=3)
     assert iv.seed_spread([5.0])["std"] == 0.0
+
+
+def test_seed_interval_is_the_student_t_interval():
+    v = [1.0, 2.0, 4.0]
+    half = 4.303 * np.std(v, ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+    assert iv.seed_interval(v) == pytest.approx((7 / 3 - half, 7 / 3 + half))
+    assert iv.seed_interval([2.0, 2.0]) == (2.0, 2.0) and not iv.exceeds_noise((0.0, 0.0))
+    # 20 degrees of freedom: t = 2.086 (tables); the formula above 10 is within 0.005
+    w = np.random.default_rng(0).normal(size=21)
+    lo, hi = iv.seed_interval(w)
+    assert (hi - lo) / 2 == pytest.approx(2.086 * w.std(ddof=1) / math.sqrt(21), rel=3e-3)
+
+
+def test_seed_interval_covers_the_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(4)
+    for n in (2, 3, 5):
+        hits = sum(lo <= 0.0 <= hi for lo, hi in (iv.seed_interval(rng.normal(size=n)) for _ in range(4000)))
+        assert 0.935 < hits / 4000 < 0.965, (n, hits)

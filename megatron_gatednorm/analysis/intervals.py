@@ -8,7 +8,12 @@ window indices with replacement ``R`` times, recomputes both perplexities on eac
 windows for both: the pairing removes the windows' own difficulty from the spread) and reports the
 ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the ``R`` deltas (percentile interval). A
 delta whose interval excludes 0 is larger than the window-sampling noise; that says nothing of
-the noise over training seeds, which :func:`seed_spread` reports.
+the noise over training seeds, which :func:`seed_spread` and :func:`seed_interval` report.
+
+Over ``n`` training seeds, a figure's values ``x_1..x_n`` (or the per-seed differences between two
+variants trained on the same seeds: the pairing removes what the seed does to both) give the
+Student-t interval ``mean ± t_{(1+level)/2, n-1} · sd / sqrt(n)``; a difference whose interval
+excludes 0 is larger than the seed noise.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 
 RESAMPLES = 2000
 LEVEL = 0.95
+_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+"""Student-t 0.975 quantiles by degrees of freedom (above 10: 1.96 + 2.4 / df, within 0.005)."""
 
 
 def perplexity(nll_sums: Sequence[float], tokens_per_window: int) -> float:
@@ -48,10 +55,20 @@ def seed_spread(values: Sequence[float]) -> Dict[str, float]:
                 min=float(v.min()), max=float(v.max()), n=int(v.size))
 
 
+def seed_interval(values: Sequence[float]) -> Tuple[float, float]:
+    """The 95% Student-t interval of the mean of ``values`` (one per seed; at least 2), see the module doc."""
+    v = np.asarray(values, dtype=np.float64)
+    assert v.ndim == 1 and v.size >= 2, v.shape
+    df = v.size - 1
+    t = _T_975.get(df, 1.96 + 2.4 / df)
+    half = t * v.std(ddof=1) / np.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
 def exceeds_noise(interval: Tuple[float, float]) -> bool:
     """Whether a bootstrap interval excludes zero."""
     lo, hi = interval
     return lo > 0 or hi < 0
 
 
-__all__ = ["LEVEL", "RESAMPLES", "exceeds_noise", "paired_bootstrap_delta", "perplexity", "seed_spread"]
+__all__ = ["LEVEL", "RESAMPLES", "exceeds_noise", "paired_bootstrap_delta", "perplexity", "seed_interval", "seed_spread"]
