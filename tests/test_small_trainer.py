@@ -1,6 +1,7 @@
 """The small trainer: real corpus → .bin/.idx → training; determinism, resume, layouts."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -109,3 +110,30 @@ def test_diverging_run_stops_before_a_non_finite_step(tiny_data, tmp_path):
                                          extra=diverge + ["--no-check-for-nan-in-loss-and-grad"]))
     step = [r for r in unchecked if r["event"] == "train"][failed - 1]
     assert not (math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])), step
+
+
+@pytest.mark.slow
+def test_bf16_is_a_bf16_model_with_fp32_main_parameters_and_resumes_exactly(tiny_data, tmp_path):
+    """--bf16: the loss moves by bf16 rounding, not more; AdamW's moments and the main parameters
+    are fp32; a run split in two and resumed equals the straight run (the main parameters were
+    restored, not re-read from the rounded bf16 model)."""
+    import torch
+
+    from megatron_gatednorm.training.small_trainer import train
+
+    fp32 = train(trainer_argv(tiny_data, tmp_path / "fp32", iters=3))["heldout_loss"]
+    straight = train(trainer_argv(tiny_data, tmp_path / "bf16", iters=3, extra=["--bf16"]))
+    assert math.isfinite(straight["heldout_loss"]) and straight["heldout_loss"] != fp32
+    assert abs(straight["heldout_loss"] - fp32) < 0.05, (fp32, straight["heldout_loss"])
+    state = torch.load(next((tmp_path / "bf16").glob("iter_*/small_trainer/rank_*.pt")), weights_only=False)
+    moments = [t for s in state["optimizer"]["state"].values() for k, t in s.items() if k != "step"]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    assert state["main_params"] and all(t.dtype == torch.float32 for t in state["main_params"])
+    assert any(t.ne(t.bfloat16().float()).any() for t in state["main_params"])  # not just the bf16 model
+
+    split = tmp_path / "split"
+    train(trainer_argv(tiny_data, split, iters=2, extra=["--bf16"]))
+    resumed = train(trainer_argv(tiny_data, split, iters=3, extra=["--bf16", "--load", str(split)]))
+    assert (resumed["final_loss"], resumed["heldout_loss"]) == (straight["final_loss"], straight["heldout_loss"])
+    with pytest.raises(ValueError, match="trained with --bf16; resume it the same way"):
+        train(trainer_argv(tiny_data, tmp_path / "other", iters=4, extra=["--load", str(split)]))

@@ -13,6 +13,10 @@ backward of ``GPTModel``, gradient finalisation (TP/SP norm all-reduce as Megatr
 then a data-parallel average: dense parameters over DP, expert parameters over expert-DP),
 global-norm clipping, AdamW with linear warm-up then cosine/linear/constant decay (Megatron's
 weight-decay rule: none on biases and 1-D parameters). Pipeline parallelism is not supported.
+``--bf16``: mixed precision as Megatron-LM's ``--bf16`` does it — the model (parameters,
+activations, gradients) in bf16, fp32 main parameters beside it that AdamW steps (its moments
+fp32 too) and that are copied back, rounded, after every step; the checkpoint holds the bf16
+model, the rank's optimizer state the fp32 main parameters (a resume continues exactly).
 
 Checkpoints (``--save``/``--load``): Megatron-LM torch_dist layout (see :mod:`megatron_gatednorm.checkpoint`),
 readable by ``mgn convert`` and ``megatron.training``; per-rank optimizer state beside it.
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--clip-grad", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--bf16", action="store_true", help="bf16 model, fp32 main parameters and optimizer (module doc)")
     g = p.add_argument_group("data")
     g.add_argument("--data-path", nargs="+", default=None, help="train .bin/.idx prefix")
     g.add_argument("--valid-data-path", nargs="+", default=None, help="held-out .bin/.idx prefix")
@@ -166,11 +170,47 @@ def _lr_at(args, it: int) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * frac))
 
 
-def _param_groups(model, weight_decay: float):
+def _param_groups(model, weight_decay: float, main: Optional["_MainParams"] = None):
+    """AdamW's groups (no decay on biases and 1-D parameters) of the model's parameters, or of
+    their fp32 main copies ``main``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(main.of(p) if main else p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+class _MainParams:
+    """fp32 main copies of a bf16 model's parameters (``--bf16``, module doc)."""
+
+    def __init__(self, model):
+        self.pairs = [(p, p.detach().float().clone()) for p in model.parameters()]
+        self._main = {id(p): m for p, m in self.pairs}
+
+    def of(self, p):
+        return self._main[id(p)]
+
+    def grads_to_main(self) -> None:
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.float()
+
+    def main_to_model(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, m in self.pairs:
+                p.copy_(m)
+
+    def state(self) -> list:
+        return [m for _, m in self.pairs]
+
+    def load(self, tensors: list) -> None:
+        import torch
+
+        assert len(tensors) == len(self.pairs), (len(tensors), len(self.pairs))
+        with torch.no_grad():
+            for (_, m), t in zip(self.pairs, tensors):
+                m.copy_(t)
+        self.main_to_model()
 
 
 def _clip_grad_norm(model, max_norm: float, device) -> float:
@@ -229,7 +269,7 @@ def _layout(args) -> dict:
     return dict(world=dist.get_world_size(), tp=args.tensor_model_parallel_size, ep=args.expert_model_parallel_size)
 
 
-def _save(args, iteration, model, optimizer, log) -> None:
+def _save(args, iteration, model, optimizer, main, log) -> None:
     import torch
     import torch.distributed as dist
 
@@ -238,12 +278,12 @@ def _save(args, iteration, model, optimizer, log) -> None:
     folder = save_model(args.save, iteration, model, args)
     path = _rank_state_path(args.save, iteration, dist.get_rank())
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(dict(optimizer=optimizer.state_dict(), layout=_layout(args)), path)
+    torch.save(dict(optimizer=optimizer.state_dict(), layout=_layout(args), main_params=main.state() if main else None), path)
     commit(args.save, iteration)
     log(dict(event="save", iteration=iteration, path=str(folder)))
 
 
-def _resume(args, model, optimizer, log) -> int:
+def _resume(args, model, optimizer, main, log) -> int:
     import torch
     import torch.distributed as dist
 
@@ -268,7 +308,12 @@ def _resume(args, model, optimizer, log) -> int:
     state = torch.load(rank_state, map_location="cpu", weights_only=False)
     if state["layout"] != _layout(args):
         raise ValueError(f"cannot resume: checkpoint layout {state['layout']} != this run's {_layout(args)}")
+    if (state.get("main_params") is not None) != bool(main):
+        raise ValueError(f"cannot resume from {iteration_path(args.load, iteration)}: it was trained "
+                         f"{'with' if state.get('main_params') is not None else 'without'} --bf16; resume it the same way")
     optimizer.load_state_dict(state["optimizer"])
+    if main:
+        main.load(state["main_params"])
     log(dict(event="resume", iteration=iteration, path=str(iteration_path(args.load, iteration))))
     return iteration
 
@@ -319,6 +364,7 @@ class _Run:
     model: object
     config: object
     optimizer: object
+    main: Optional[_MainParams]
     train_ds: object
     valid_ds: object
     dp: int
@@ -370,18 +416,19 @@ def _setup(args) -> _Run:
     )
     model = build_gpt_model(shape, config, max_sequence_length=args.seq_length, rotary_percent=arch.rotary_percent,
                             rotary_base=arch.rotary_base)
+    main = _MainParams(model) if args.bf16 else None
     optimizer = torch.optim.AdamW(
-        _param_groups(model, args.weight_decay), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+        _param_groups(model, args.weight_decay, main), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_eps,
     )
-    start = _resume(args, model, optimizer, log)
+    start = _resume(args, model, optimizer, main, log)
     evals = args.train_iters // args.eval_interval + 1 if args.eval_interval else 1
     train_ds, valid_ds = _datasets(
         args, tokenizer, args.train_iters * args.global_batch_size,
         evals * args.eval_iters * args.micro_batch_size * dp,
     )
     return _Run(
-        args=args, device=device, model=model, config=config, optimizer=optimizer, train_ds=train_ds,
+        args=args, device=device, model=model, config=config, optimizer=optimizer, main=main, train_ds=train_ds,
         valid_ds=valid_ds, dp=dp, dp_rank=parallel_state.get_data_parallel_rank(),
         n_micro=args.global_batch_size // (args.micro_batch_size * dp), start=start, log=log,
         monitor=PeakActivationMonitor(model),
@@ -437,7 +484,7 @@ def _train_step(run: _Run, iteration: int) -> dict:
     lr = _lr_at(args, iteration)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
+    run.model.zero_grad(set_to_none=True)
     track = args.outlier_log_interval and (iteration + 1) % args.outlier_log_interval == 0
     total = torch.zeros(1, device=run.device)
     for m in range(run.n_micro):
@@ -457,7 +504,11 @@ def _train_step(run: _Run, iteration: int) -> dict:
             f"non-finite values at iteration {iteration + 1}: loss {loss_value}, grad norm {grad_norm}; "
             "stopped before the optimizer step, no checkpoint written for it (lower --lr or raise --lr-warmup-iters, "
             "then resume from the last checkpoint)")
+    if run.main:
+        run.main.grads_to_main()
     optimizer.step()
+    if run.main:
+        run.main.main_to_model()
     record = dict(event="train", iteration=iteration + 1, loss=loss_value, lr=lr, grad_norm=grad_norm)
     if track:
         peaks = run.monitor.collect()
@@ -525,7 +576,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
             _evaluate(run, iteration)
         stop = flag.any_rank(run.device) if args.exit_signal_handler else False
         if args.save and (_due(args.save_interval, iteration) or stop):
-            _save(args, iteration, run.model, run.optimizer, log)
+            _save(args, iteration, run.model, run.optimizer, run.main, log)
         if stop:
             log(dict(event="exit_on_signal", iteration=iteration))
             summary.update(exited_on_signal=True, iteration=iteration)
@@ -533,7 +584,7 @@ def train(argv: Optional[List[str]] = None) -> dict:
     if not _due(args.eval_interval, iteration):
         _evaluate(run, iteration)
     if args.save and not _due(args.save_interval, iteration) and iteration > run.start:
-        _save(args, iteration, run.model, run.optimizer, log)
+        _save(args, iteration, run.model, run.optimizer, run.main, log)
     summary.update(iteration=iteration, final_loss=loss_value, seconds=time.time() - t0)
     log(dict(event="done", **summary))
     log.close()
