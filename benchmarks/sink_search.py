@@ -3,7 +3,7 @@
 A setting is a variant of ``mgn experiment`` (``vanilla``: softmax attention without the output
 gate; ``baseline``: gated attention) at a size derived from a named one by changing
 :class:`~megatron_gatednorm.experiment.sizes.ExperimentSize` fields, written
-``VARIANT[@SIZE][:field=value,...]``, e.g. ``vanilla:seq_length=256,train_iters=600``. Each is
+``VARIANT[@SIZE][:field=value,...]`` (SIZE ``base`` unless named), e.g. ``vanilla:seq_length=256,train_iters=600``. Each is
 trained, converted and analysed by the experiment's own code
 (:func:`~megatron_gatednorm.experiment.pipeline.train_and_analyse`, RMSNorm, seed 1234); what
 the table reports, per setting, from the outlier report on the size's held-out windows:
@@ -63,7 +63,7 @@ def parse_setting(text: str) -> Tuple[str, object, dict]:
     m = re.fullmatch(r"(\w+)(?:@(\w+))?(?::(.*))?", text)
     if not m:
         raise ValueError(f"invalid setting {text!r}: expected VARIANT[@SIZE][:field=value,...]")
-    variant, size_name, changes = m.group(1), m.group(2) or "default", m.group(3)
+    variant, size_name, changes = m.group(1), m.group(2) or "base", m.group(3)
     check_variants([variant])
     size = experiment_size(size_name)
     fields = {f.name: f.type for f in dataclasses.fields(ExperimentSize)}

@@ -10,12 +10,27 @@ def test_experiment_rejects_unknown_names_before_running(tmp_path, capsys):
 
     with pytest.raises(ValueError, match=r"invalid variant 'bogus'; valid choices: baseline, preaffine, gatednorm, clip100, vanilla"):
         run_experiment(tmp_path / "a", "quick", ["baseline", "bogus"])
-    with pytest.raises(ValueError, match=r"invalid size 'huge'; valid choices: quick, default, gpu"):
+    with pytest.raises(ValueError, match=r"invalid size 'huge'; valid choices: quick, default, base, gpu"):
         run_experiment(tmp_path / "b", "huge", ["baseline"])
+    with pytest.raises(ValueError, match=r"--seeds=0: expected a number >= 1"):
+        run_experiment(tmp_path / "b", "quick", ["baseline"], seeds=0)
     assert main(["experiment", "--out", str(tmp_path / "c"), "--variants", "baseline,bogus"]) == 2
     err = capsys.readouterr().err
     assert err == "mgn experiment: error: invalid variant 'bogus'; valid choices: baseline, preaffine, gatednorm, clip100, vanilla\n"
     assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def test_the_gpu_size_without_cuda_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from megatron_gatednorm.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["experiment", "--out", str(tmp_path / "gpu"), "--size", "gpu"]) == 2
+    assert capsys.readouterr().err == (
+        "mgn experiment: error: --size gpu is meant for one GPU and this process sees no CUDA device; "
+        "on CPU use --size quick, default, base\n")
+    assert not any(tmp_path.iterdir())
 
 
 def test_quant_rejects_a_bad_setting_before_reading_data(tmp_path):

@@ -230,6 +230,7 @@ CASES = {
         ("no-variant", ["experiment", "--out", "{out}", "--variants", ","], ["--variants"]),
         ("unknown-size", ["experiment", "--out", "{out}", "--size", "huge"], ["--size", "'huge'"]),
         ("seed-not-a-number", ["experiment", "--out", "{out}", "--seed", "x"], ["--seed", "'x'"]),
+        ("no-seeds", ["experiment", "--out", "{out}", "--size", "quick", "--seeds", "0"], ["--seeds=0"]),
         ("out-is-a-file", ["experiment", "--out", "{bad}/file.txt", "--size", "quick"], ["{bad}/file.txt"]),
         ("out-under-a-file", ["experiment", "--out", "{bad}/file.txt/run", "--size", "quick"], ["{bad}/file.txt"]),
     ],

@@ -37,6 +37,12 @@ class ExperimentSize:
     """Size of the BPE vocabulary trained on the corpus (before Megatron's padding)."""
     max_works: int
     """Works of the corpus taken (0: all)."""
+    gpu: bool
+    """Meant for one GPU: bf16 mixed precision (the small trainer's ``--bf16``), the plugin's fused
+    kernels (what a CUDA device runs); refused where CUDA is absent."""
+    seeds: int
+    """Training seeds per variant (``--seed``, ``--seed + 1``, ...; ``mgn experiment --seeds`` overrides):
+    the spread over them is the noise the results table compares differences with."""
 
     def shape(self, padded_vocab: int) -> ModelShape:
         """The baseline model: gated attention and QK-norm, the paper's baseline (variants.SHAPE_CHANGES: what a variant changes)."""
@@ -50,13 +56,19 @@ class ExperimentSize:
 SIZES = {
     "quick": ExperimentSize(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
                             ffn_hidden_size=176, seq_length=64, micro_batch_size=8, global_batch_size=16,
-                            train_iters=60, lr=3e-3, eval_windows=8, vocab_size=2048, max_works=12),
+                            train_iters=60, lr=3e-3, eval_windows=8, vocab_size=2048, max_works=12, gpu=False, seeds=1),
+    # The sink search's strongest setting (docs/sink_search.md: lr 1e-2 with a 512-token BPE and
+    # 256-token sequences gave the largest top-dimension ratio; no setting formed sinks), 3 seeds.
     "default": ExperimentSize(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2,
-                              ffn_hidden_size=352, seq_length=128, micro_batch_size=8, global_batch_size=16,
-                              train_iters=300, lr=3e-3, eval_windows=16, vocab_size=4096, max_works=0),
+                              ffn_hidden_size=352, seq_length=256, micro_batch_size=8, global_batch_size=8,
+                              train_iters=300, lr=1e-2, eval_windows=16, vocab_size=512, max_works=0, gpu=False, seeds=3),
+    # The previous default (docs/results_base.md) and the sink search's starting point.
+    "base": ExperimentSize(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                           ffn_hidden_size=352, seq_length=128, micro_batch_size=8, global_batch_size=16,
+                           train_iters=300, lr=3e-3, eval_windows=16, vocab_size=4096, max_works=0, gpu=False, seeds=1),
     "gpu": ExperimentSize(num_layers=8, hidden_size=512, num_attention_heads=8, num_query_groups=2,
                           ffn_hidden_size=1376, seq_length=256, micro_batch_size=16, global_batch_size=64,
-                          train_iters=1500, lr=2e-3, eval_windows=64, vocab_size=8192, max_works=0),
+                          train_iters=1500, lr=2e-3, eval_windows=64, vocab_size=8192, max_works=0, gpu=True, seeds=1),
 }
 
 

@@ -24,4 +24,4 @@ def trainer_argv(size: ExperimentSize, shape: ModelShape, data: Path, save: Path
         "--tokenizer-model", str(data / "tokenizer"), "--data-cache-path", str(cache_path(data)),
         "--save", str(save), "--eval-iters", "8", "--outlier-log-interval", str(max(1, iters // 10)),
         "--log-interval", str(max(1, iters // 10)),
-    ]
+    ] + (["--bf16"] if size.gpu else [])
