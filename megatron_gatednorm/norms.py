@@ -238,3 +238,10 @@ def norm_class(variant: str) -> type:
         return NORM_CLASSES[variant]
     except KeyError:
         raise choice_error("variant", variant, VARIANTS) from None
+
+
+def impl_decisions(model: torch.nn.Module) -> list:
+    """Which paths (fused / eager, and why: each ``module.impl_decision.reason``) the plugin's
+    norms in ``model`` took in their forward passes so far, sorted."""
+    return sorted({m.impl_decision.reason for m in model.modules()
+                   if isinstance(m, _ResidualNorm) and m.impl_decision is not None})

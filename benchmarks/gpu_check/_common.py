@@ -137,11 +137,11 @@ def model_grads(model) -> dict:
 
 
 def impl_decisions(model) -> list:
-    """Which path (fused / eager, and why) the model's plugin norms took."""
-    from megatron_gatednorm.norms import _ResidualNorm
+    """Which path (fused / eager, and why) the model's plugin norms took (imported late: after
+    :func:`start_megatron_helper` set the kernel mode)."""
+    from megatron_gatednorm.norms import impl_decisions as decisions
 
-    return sorted({m.impl_decision.reason for m in model.modules()
-                   if isinstance(m, _ResidualNorm) and m.impl_decision is not None})
+    return decisions(model)
 
 
 def compare_run(loss, grads, ref_loss, ref_grads) -> dict:

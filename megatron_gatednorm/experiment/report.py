@@ -115,7 +115,9 @@ def results_table(size_name: str, size: ExperimentSize, results: Dict[str, Dict[
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     elif len(seeds) < 2:
         lines += ["", "One seed: no seed noise to compare differences with (--seeds 3 gives it)."]
-    lines += ["", f"Figures: {Path(out) / 'reports'}/<variant>/seed<seed>/*.png. Wall time {wall_s:.0f} s."]
+    paths = sorted({p for runs in results.values() for r in runs.values() for p in r["train"].get("norm_paths", [])})
+    lines += ["", f"Plugin norms in training: {'; '.join(paths) or 'none recorded'}. Figures: "
+              f"{Path(out) / 'reports'}/<variant>/seed<seed>/*.png. Wall time {wall_s:.0f} s."]
     return lines
 
 

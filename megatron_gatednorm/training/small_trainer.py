@@ -585,7 +585,10 @@ def train(argv: Optional[List[str]] = None) -> dict:
         _evaluate(run, iteration)
     if args.save and not _due(args.save_interval, iteration) and iteration > run.start:
         _save(args, iteration, run.model, run.optimizer, run.main, log)
-    summary.update(iteration=iteration, final_loss=loss_value, seconds=time.time() - t0)
+    from megatron_gatednorm.norms import impl_decisions
+
+    summary.update(iteration=iteration, final_loss=loss_value, seconds=time.time() - t0,
+                   norm_paths=impl_decisions(run.model))
     log(dict(event="done", **summary))
     log.close()
     return summary
