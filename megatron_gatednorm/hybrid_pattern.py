@@ -26,7 +26,22 @@ PIPE = "|"
 MIXERS = {"G": 1, "*": 0}  # symbol -> linear_attention flag
 FFNS = {"E": 1, "-": 0}  # symbol -> moe flag
 UNSUPPORTED = {"M": "Mamba", "D": "DeepSeek sparse attention", "+": "MLA"}  # megatron-core symbols the specs refuse
+# GPTModel flags (argparse dests) a HybridModel has no use for, and why; a pattern replaces the
+# GPT layout ones (GPT_LAYOUT_FLAGS), use_rope_scaling has no HybridModel counterpart.
+GPT_ONLY_FLAGS = {
+    "experimental_attention_variant": "the pattern sets every layer's kind (G Gated DeltaNet, * attention)",
+    "linear_attention_freq": "the pattern places the Gated DeltaNet (G) layers",
+    "moe_layer_freq": "the pattern places the MoE (E) layers",
+    "use_rope_scaling": "HybridModel has no Llama 3.1 RoPE scaling",
+}
+GPT_LAYOUT_FLAGS = ("experimental_attention_variant", "linear_attention_freq", "moe_layer_freq")
 _VALID = "valid: G (Gated DeltaNet), * (attention), - (MLP), E (MoE), | (pipeline stage boundary)"
+
+
+def gpt_only_value_set(dest: str, value) -> bool:
+    """Whether a :data:`GPT_ONLY_FLAGS` value asks for something (Megatron's defaults do not: None,
+    False, ``moe_layer_freq`` 1)."""
+    return value not in (None, False) and not (dest == "moe_layer_freq" and value == 1)
 
 
 def check_hybrid_pattern(pattern: str) -> None:
@@ -90,6 +105,6 @@ def gpt_layers_from_pattern(pattern: str) -> Tuple[List[int], List[int]]:
 
 
 __all__ = [
-    "FFNS", "MIXERS", "PIPE", "SYMBOLS", "UNSUPPORTED", "check_hybrid_pattern", "gpt_layers_from_pattern", "layer_counts",
-    "layers", "pattern_from_gpt_layers", "segments",
+    "FFNS", "GPT_LAYOUT_FLAGS", "GPT_ONLY_FLAGS", "MIXERS", "PIPE", "SYMBOLS", "UNSUPPORTED", "check_hybrid_pattern",
+    "gpt_layers_from_pattern", "gpt_only_value_set", "layer_counts", "layers", "pattern_from_gpt_layers", "segments",
 ]

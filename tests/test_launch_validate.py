@@ -166,6 +166,9 @@ def err(spec, overrides=(), nodes=1, gpu_memory_gb=None):
      "invalid megatron.experimental_attention_variant='gated_delta_net' with megatron.hybrid_layer_pattern='GE*-': "
      "the pattern sets every layer's kind"),
     ("tiny_hybrid", ["megatron.moe_layer_freq=2"], 1, "invalid megatron.moe_layer_freq=2 with"),
+    ("tiny_hybrid", ["megatron.use_rope_scaling=true"], 1,
+     "invalid megatron.use_rope_scaling=True with megatron.hybrid_layer_pattern='GE*-': HybridModel has no Llama 3.1 "
+     "RoPE scaling; valid: unset"),
     ("tiny_hybrid", ["num_layers=2"], 1,
      "invalid megatron.num_layers=2 with megatron.hybrid_layer_pattern='GE*-': the pattern has 4 layers (Megatron "
      "takes the pattern's); valid: 4 or unset"),

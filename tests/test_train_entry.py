@@ -193,5 +193,11 @@ def test_hybrid_pattern_needs_megatron_core_0_18_and_no_gpt_only_switches():
     with pytest.raises(ValueError, match=r"^invalid --experimental-attention-variant='gated_delta_net' with "
                                          r"--hybrid-layer-pattern='G\*': the pattern sets every layer's kind"):
         train.check_model_args(args)
+    args.experimental_attention_variant, args.moe_layer_freq = None, 1  # Megatron's default: unset
+    train.check_model_args(args)
+    args.moe_layer_freq = 2
+    with pytest.raises(ValueError, match=r"^invalid --moe-layer-freq=2 with --hybrid-layer-pattern='G\*': the pattern "
+                                         r"places the MoE \(E\) layers"):
+        train.check_model_args(args)
     args.hybrid_layer_pattern = None  # a GPTModel: the GPT hybrid is fine
     train.check_model_args(args)

@@ -161,8 +161,6 @@ _NOT_WITH_PATTERN = ("num_layers_per_virtual_pipeline_stage", "num_virtual_stage
                      "pipeline_model_parallel_layout", "account_for_embedding_in_pipeline_split",
                      "account_for_loss_in_pipeline_split")
 _NOT_WITH_PIPES = ("decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers")
-# GPTModel's layout flags, which a pattern replaces (HybridModel does not read them)
-_GPT_LAYOUT = ("experimental_attention_variant", "linear_attention_freq", "moe_layer_freq")
 
 
 def plan_hybrid(m: Dict[str, Any], model: str) -> None:
@@ -187,7 +185,7 @@ def plan_hybrid(m: Dict[str, Any], model: str) -> None:
         segments = gpt.num_layers // int(vp) if vp else pp
         shape = hybrid_form(gpt, segments)
         m.update(hybrid_layer_pattern=shape.hybrid_layer_pattern, num_layers=shape.num_layers)
-        for key in _GPT_LAYOUT:
+        for key in hybrid_pattern.GPT_LAYOUT_FLAGS:
             m.pop(key, None)
     check_hybrid(m)
 
@@ -204,10 +202,9 @@ def check_hybrid(m: Dict[str, Any]) -> None:
         raise ValueError(f"invalid megatron.hybrid_layer_pattern={pattern!r}: expected a string of "
                          f"{', '.join(hybrid_pattern.SYMBOLS)} and |")
     hybrid_pattern.check_hybrid_pattern(pattern)
-    for key in _GPT_LAYOUT:
-        if m.get(key) not in (None, 1 if key == "moe_layer_freq" else None):
-            raise ValueError(f"invalid megatron.{key}={m[key]!r} {what}: the pattern sets every layer's kind "
-                             "(G Gated DeltaNet, * attention, E MoE, - MLP); valid: unset")
+    for key, why in hybrid_pattern.GPT_ONLY_FLAGS.items():
+        if hybrid_pattern.gpt_only_value_set(key, m.get(key)):
+            raise ValueError(f"invalid megatron.{key}={m[key]!r} {what}: {why}; valid: unset")
     counts = hybrid_pattern.layer_counts(pattern)
     layers = sum(counts.values())
     if m.get("num_layers") is not None and int(m["num_layers"]) != layers:

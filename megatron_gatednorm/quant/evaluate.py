@@ -26,7 +26,7 @@ def check_settings(settings: Sequence[str]) -> None:
             raise ValueError(f"invalid setting {setting!r}: unknown scheme; valid schemes: {', '.join(SCHEMES)}")
 
 
-def evaluate_settings(model, settings: Sequence[str], windows, calib, alpha: float = 0.5,
+def window_nlls_per_setting(model, settings: Sequence[str], windows, calib, alpha: float = 0.5,
                       quantize_gates: bool = False, batch_size: int = 4) -> Dict[str, "torch.Tensor"]:
     """Per-window NLL sums (:func:`~megatron_gatednorm.analysis.hf_eval.window_nlls`) of ``model``
     (unquantized, key ``baseline``) and of a quantized copy per setting, on the same windows.
@@ -63,7 +63,7 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     json_path: Optional[Path] = None,
 ) -> dict:
-    """:func:`evaluate_settings` for a checkpoint (an HF folder, or a Megatron checkpoint converted
+    """:func:`window_nlls_per_setting` for a checkpoint (an HF folder, or a Megatron checkpoint converted
     on the fly) on the held-out dataset ``data`` (a .bin/.idx prefix): ``num_sequences`` evaluation
     windows of ``seq_length`` tokens, then ``calib_sequences`` calibration windows. ``seq_length``
     defaults to 256 clipped to the model's ``max_position_embeddings`` (a note on stderr when
@@ -101,7 +101,7 @@ def evaluate_checkpoint(
         check_token_ids(windows, config, data)
         evaluation, calib = windows[:num_sequences], windows[num_sequences:]
         model = load_hf_model(folder)
-        nlls = evaluate_settings(model, settings, evaluation, calib, alpha, quantize_gates, batch_size)
+        nlls = window_nlls_per_setting(model, settings, evaluation, calib, alpha, quantize_gates, batch_size)
     scored = seq_length - 1
     ppl = {k: intervals.perplexity(v, scored) for k, v in nlls.items()}
     base = ppl["baseline"]

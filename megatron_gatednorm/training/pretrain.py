@@ -35,6 +35,7 @@ import os
 import sys
 from typing import List, Optional
 
+from megatron_gatednorm.hybrid_pattern import GPT_ONLY_FLAGS, gpt_only_value_set
 from megatron_gatednorm.device import backend
 from megatron_gatednorm.launch.ranks import torch_env_from_slurm
 from megatron_gatednorm.training.flags import add_train_args
@@ -109,24 +110,15 @@ def _gpt_model(config, nc, use_te: bool, vp_stage: Optional[int], args, kwargs: 
     return GPTModel(**kwargs)
 
 
-# GPTModel's switches that a HybridModel has no use for: (argparse dest, its flag, why)
-_GPT_ONLY = (
-    ("experimental_attention_variant", "--experimental-attention-variant",
-     "the pattern sets every layer's kind (G Gated DeltaNet, * attention)"),
-    ("linear_attention_freq", "--linear-attention-freq", "the pattern places the Gated DeltaNet (G) layers"),
-    ("use_rope_scaling", "--use-rope-scaling", "HybridModel has no Llama 3.1 RoPE scaling"),
-)
-
-
 def check_model_args(args) -> None:
     """Refuse what the model :func:`model_provider` would build cannot honour: with
     ``--hybrid-layer-pattern``, GPTModel-only switches (ValueError naming the flag)."""
     pattern = getattr(args, "hybrid_layer_pattern", None)
     if not pattern:
         return
-    for name, flag, why in _GPT_ONLY:
-        value = getattr(args, name, None)
-        if value not in (None, False):
+    for name, why in GPT_ONLY_FLAGS.items():
+        value, flag = getattr(args, name, None), "--" + name.replace("_", "-")
+        if gpt_only_value_set(name, value):
             raise ValueError(f"invalid {flag}={value!r} with --hybrid-layer-pattern={pattern!r}: {why}; valid: "
                              f"omit {flag} (or omit the pattern for a GPTModel)")
 
