@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.conversion import FP32_TIGHT, LOGITS_ATOL, STOCK, expect_one_line_error, load_hf, mgn, same_tensor
 from helpers.processes import run_worker
 
 pytest.importorskip("transformers")
@@ -25,23 +26,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 WORKERS = Path(__file__).parent / "workers"
 sys.path.insert(0, str(WORKERS))
 from convert_save import CASES, tokens  # noqa: E402
-
-STOCK = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "moe_qwen3": "Qwen3MoeForCausalLM",
-         "next_qwen3": "Qwen3NextForCausalLM"}
-# stock Qwen3-Next stores its gated output norm as γ = 1 + w (Megatron: w, zero-centred), and
-# 1 + w rounds: exact only to an ulp of 1 after a round trip (every other tensor is bit-identical)
-SHIFTED = ("self_attention.out_norm.weight", "linear_attn.norm.weight")
-ULP_OF_ONE = 2.0**-23
-
-
-def _same(case, key, a, b):
-    if STOCK.get(case) == "Qwen3NextForCausalLM" and key.endswith(SHIFTED):
-        return a.dtype == b.dtype and float((a - b).abs().max()) <= ULP_OF_ONE
-    return a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes()
-
-
-LOGITS_ATOL = 1e-4
-FP32_TIGHT = 1e-5
 
 
 def _torchrun(tmp, *args):
@@ -71,16 +55,6 @@ def converted(saved, work):
     return out
 
 
-def _load_hf(hf_dir, arch):
-    from transformers import AutoModelForCausalLM
-
-    model, info = AutoModelForCausalLM.from_pretrained(
-        hf_dir, trust_remote_code=arch not in STOCK.values(), dtype=torch.float32, output_loading_info=True
-    )
-    assert not any(info.values()), info  # no missing / unexpected / mismatched keys
-    return model.eval()
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hf_logits_and_greedy_match_megatron(case, saved, converted):
     keys = [k for k in saved if k.startswith(case + "/")]
@@ -90,7 +64,7 @@ def test_hf_logits_and_greedy_match_megatron(case, saved, converted):
     for key in keys:
         hf_dir, arch = converted[key]
         assert arch == STOCK.get(case, "GatedNormForCausalLM"), key
-        model = _load_hf(hf_dir, arch)
+        model = load_hf(hf_dir, arch)
         assert type(model).__name__ == arch
         with torch.no_grad():
             logits = model(toks, use_cache=False).logits
@@ -164,14 +138,14 @@ def test_round_trips(saved, converted, work):
         a, b = read_safetensors(hf_dir), read_safetensors(again)
         assert sorted(a) == sorted(b), case
         for k in a:
-            assert _same(case, k, a[k], b[k]), (case, k)
+            assert same_tensor(case, k, a[k], b[k]), (case, k)
         for f in ("config.json", "generation_config.json"):
             assert json.loads((hf_dir / f).read_text()) == json.loads((again / f).read_text()), (case, f)
         _, args, original = read_checkpoint(saved[f"{case}/tp2"]["ckpt"])
         _, back_args, written = read_checkpoint(back)
         assert sorted(original) == sorted(written), case
         for k in original:
-            assert _same(case, k, original[k], written[k]), (case, k)
+            assert same_tensor(case, k, original[k], written[k]), (case, k)
         assert back_args.tensor_model_parallel_size == 1 and args.tensor_model_parallel_size == 2
         assert back_args.padded_vocab_size == args.padded_vocab_size
         loads.append(f"{back}@tp1")
@@ -184,12 +158,6 @@ def test_round_trips(saved, converted, work):
         assert r["changed"] > 0.1 * float(ref.abs().max()), pair  # the load replaced the built weights
         diff = float((torch.tensor(r["logits"]) - ref).abs().max())
         assert diff < FP32_TIGHT, (pair, diff)
-
-
-def _mgn(*argv):
-    from megatron_gatednorm.cli import main
-
-    return main([str(a) for a in argv])
 
 
 def _tiny_tokenizer(path):
@@ -207,14 +175,14 @@ def test_cli_both_directions(saved, work, capsys):
     _tiny_tokenizer(tok_dir)
     hf = work / "cli-hf"
     ckpt = saved["moe_gatednorm/ep2"]["ckpt"]
-    assert _mgn("convert", "to-hf", "--load", ckpt, "--out", hf, "--tokenizer", tok_dir, "--max-shard-size", "20KB", "--no-progress") == 0
+    assert mgn("convert", "to-hf", "--load", ckpt, "--out", hf, "--tokenizer", tok_dir, "--max-shard-size", "20KB", "--no-progress") == 0
     index = json.loads((hf / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # sharded
     assert (hf / "tokenizer.json").is_file() and (hf / "tokenizer_config.json").is_file()
     gen = json.loads((hf / "generation_config.json").read_text())
     assert (gen["bos_token_id"], gen["eos_token_id"]) == (0, 1)
     out = work / "cli-megatron"
-    assert _mgn("convert", "to-megatron", "--hf", hf, "--out", out, "--tp", 2, "--pp", 2, "--ep", 2) == 0
+    assert mgn("convert", "to-megatron", "--hf", hf, "--out", out, "--tp", 2, "--pp", 2, "--ep", 2) == 0
     assert (out / "latest_checkpointed_iteration.txt").read_text() == "0"
     common = torch.load(out / "iter_0000000" / "common.pt", weights_only=False)
     a = common["args"]
@@ -224,27 +192,16 @@ def test_cli_both_directions(saved, work, capsys):
     capsys.readouterr()
 
 
-def _expect_error(capsys, argv, *fragments, leftovers_in=None):
-    assert _mgn(*argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err  # one line, no traceback
-    for f in fragments:
-        assert f in err, (f, err)
-    if leftovers_in is not None:
-        assert [p.name for p in Path(leftovers_in).iterdir()] == [], list(Path(leftovers_in).iterdir())
-    return err
-
-
 def test_bad_input_errors(saved, converted, work, capsys):
     good = Path(saved["gatednorm/tp2"]["ckpt"])
     outs = work / "err-out"
     outs.mkdir()
     to_hf = lambda load: ("convert", "to-hf", "--load", load, "--out", outs / "x", "--no-progress")  # noqa: E731
 
-    _expect_error(capsys, to_hf(work / "nope"), "no such checkpoint directory", leftovers_in=outs)
+    expect_one_line_error(capsys, to_hf(work / "nope"), "no such checkpoint directory", leftovers_in=outs)
     empty = work / "empty"
     empty.mkdir()
-    _expect_error(capsys, to_hf(empty), "not a Megatron checkpoint", leftovers_in=outs)
+    expect_one_line_error(capsys, to_hf(empty), "not a Megatron checkpoint", leftovers_in=outs)
 
     def broken(name, damage):  # as Megatron-LM writes it (no integrity manifest): the readers' own checks
         d = work / name
@@ -255,34 +212,34 @@ def test_bad_input_errors(saved, converted, work, capsys):
 
     truncated = broken("truncated", lambda it: [
         open(f, "r+b").truncate(os.path.getsize(f) // 2) for f in it.glob("*.distcp")])
-    _expect_error(capsys, to_hf(truncated), "failed to read", leftovers_in=outs)
+    expect_one_line_error(capsys, to_hf(truncated), "failed to read", leftovers_in=outs)
     missing = broken("missing", lambda it: os.remove(sorted(it.glob("*.distcp"))[0]))
-    _expect_error(capsys, to_hf(missing), "missing", leftovers_in=outs)
+    expect_one_line_error(capsys, to_hf(missing), "missing", leftovers_in=outs)
     no_meta = broken("nometa", lambda it: os.remove(it / ".metadata"))
-    _expect_error(capsys, to_hf(no_meta), "missing .metadata", leftovers_in=outs)
+    expect_one_line_error(capsys, to_hf(no_meta), "missing .metadata", leftovers_in=outs)
     bad_common = broken("badcommon", lambda it: (it / "common.pt").write_bytes(b"not a pickle"))
-    _expect_error(capsys, to_hf(bad_common), "common.pt", "cannot be read", leftovers_in=outs)
+    expect_one_line_error(capsys, to_hf(bad_common), "common.pt", "cannot be read", leftovers_in=outs)
 
     def sparse_attention(it):
         common = torch.load(it / "common.pt", weights_only=False)
         common["args"].experimental_attention_variant = "dsa"
         torch.save(common, it / "common.pt")
 
-    _expect_error(capsys, to_hf(broken("dsa", sparse_attention)), "experimental_attention_variant='dsa'",
+    expect_one_line_error(capsys, to_hf(broken("dsa", sparse_attention)), "experimental_attention_variant='dsa'",
                   "'gated_delta_net'", leftovers_in=outs)
 
     # an existing output folder is kept untouched without --overwrite
     existing = outs / "x"
     existing.mkdir()
     (existing / "keep").write_text("mine")
-    _expect_error(capsys, to_hf(good), "already exists", "--overwrite")
+    expect_one_line_error(capsys, to_hf(good), "already exists", "--overwrite")
     assert [p.name for p in outs.iterdir()] == ["x"] and (existing / "keep").read_text() == "mine"
     # --overwrite replaces only a folder mgn wrote (its .mgn-manifest.json lists every file in it)
-    _expect_error(capsys, (*to_hf(good), "--overwrite"), "replaces only a folder mgn wrote", ".mgn-manifest.json")
+    expect_one_line_error(capsys, (*to_hf(good), "--overwrite"), "replaces only a folder mgn wrote", ".mgn-manifest.json")
     assert [p.name for p in outs.iterdir()] == ["x"] and (existing / "keep").read_text() == "mine"
     shutil.rmtree(existing)
-    assert _mgn(*to_hf(good)) == 0
-    assert _mgn(*to_hf(good), "--overwrite") == 0
+    assert mgn(*to_hf(good)) == 0
+    assert mgn(*to_hf(good), "--overwrite") == 0
     notes = capsys.readouterr().err.strip().splitlines()  # one line per export: which tokenizer it got
     assert len(notes) == 2 and all(n.startswith("to-hf: the export has no tokenizer: ") for n in notes), notes
     assert (existing / "config.json").is_file() and (existing / ".mgn-manifest.json").is_file()
@@ -295,13 +252,13 @@ def test_bad_input_errors(saved, converted, work, capsys):
     shutil.copytree(converted["qwen3/tp2"][0], gpt2)
     cfg = json.loads((gpt2 / "config.json").read_text())
     (gpt2 / "config.json").write_text(json.dumps(dict(cfg, model_type="gpt2", architectures=["GPT2LMHeadModel"])))
-    _expect_error(capsys, to_meg(gpt2), "unsupported architecture", "gpt2", leftovers_in=outs)
+    expect_one_line_error(capsys, to_meg(gpt2), "unsupported architecture", "gpt2", leftovers_in=outs)
     shard_gone = work / "shardgone"
     shutil.copytree(converted["qwen3/tp2"][0], shard_gone)
     for f in shard_gone.glob("*.safetensors"):
         f.unlink()
-    _expect_error(capsys, to_meg(shard_gone), "missing", leftovers_in=outs)
-    _expect_error(capsys, to_meg(work / "nohf"), "no config.json", leftovers_in=outs)
+    expect_one_line_error(capsys, to_meg(shard_gone), "missing", leftovers_in=outs)
+    expect_one_line_error(capsys, to_meg(work / "nohf"), "no config.json", leftovers_in=outs)
     # a released Qwen3-Next folder's MTP head: named on stderr, not converted, nothing else changes
     from safetensors.torch import save_file
 
@@ -312,7 +269,7 @@ def test_bad_input_errors(saved, converted, work, capsys):
     index["weight_map"]["mtp.fc.weight"] = "mtp.safetensors"
     (mtp / "model.safetensors.index.json").write_text(json.dumps(index))
     # (edited by hand after the export: its integrity manifest no longer matches, --no-verify reads it)
-    assert _mgn("convert", "to-megatron", "--hf", mtp, "--out", work / "mtp-megatron", "--no-verify") == 0
+    assert mgn("convert", "to-megatron", "--hf", mtp, "--out", work / "mtp-megatron", "--no-verify") == 0
     assert "not converting 1 tensors of Qwen3-Next's multi-token-prediction head" in capsys.readouterr().err
     from megatron_gatednorm.checkpoint import read_checkpoint
     from megatron_gatednorm.convert.to_megatron import convert_to_megatron
@@ -321,5 +278,5 @@ def test_bad_input_errors(saved, converted, work, capsys):
     _, _, with_mtp = read_checkpoint(work / "mtp-megatron")
     _, _, plain = read_checkpoint(work / "mtp-plain")
     assert sorted(with_mtp) == sorted(plain) and all(torch.equal(with_mtp[k], plain[k]) for k in plain)
-    _expect_error(capsys, (*to_meg(converted["qwen3/tp2"][0]), "--tp", 3), "--tp=3", "not divisible",
+    expect_one_line_error(capsys, (*to_meg(converted["qwen3/tp2"][0]), "--tp", 3), "--tp=3", "not divisible",
                   leftovers_in=outs)

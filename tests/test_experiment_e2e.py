@@ -46,5 +46,5 @@ def test_default_size_two_seeds(tmp_path):
     assert f"{d['mean']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]" in rows[1]
     # which path the norms took is recorded per run and said in the table (CPU: the eager reference)
     paths = runs["gatednorm"]["7"]["train"]["norm_paths"]
-    assert paths and all(p.startswith("eager") for p in paths) and f"Plugin norms in training: " in table[-1]
+    assert paths and all(p.startswith("eager") for p in paths) and "Plugin norms in training: " in table[-1]
     assert paths[0] in table[-1]

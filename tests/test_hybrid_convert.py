@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.mcore019, pytest.mark.distributed]
 
 sys.path.insert(0, str(Path(__file__).parent / "workers"))
 from hybrid_convert import CASES  # noqa: E402
-from test_convert import FP32_TIGHT, LOGITS_ATOL, _expect_error, _load_hf, _mgn, _same, tokens  # noqa: E402
+from convert_save import tokens  # noqa: E402
+from helpers.conversion import FP32_TIGHT, LOGITS_ATOL, expect_one_line_error, load_hf, mgn, same_tensor  # noqa: E402
 
 ARCH = {"hybrid_qwen3_next": "Qwen3NextForCausalLM", "hybrid_gatednorm": "GatedNormForCausalLM"}
 
@@ -73,7 +74,7 @@ def test_hybrid_checkpoints_convert_to_hf(worker, converted):
         assert arch.shape.num_layers == 2 and arch.shape.linear_attention_pattern() == [1, 0], key
         hf_dir, name = converted[key]
         assert name == ARCH[case], key
-        model = _load_hf(hf_dir, name)
+        model = load_hf(hf_dir, name)
         with torch.no_grad():
             logits = model(toks, use_cache=False).logits
         ref = torch.tensor(r["logits"])
@@ -108,7 +109,7 @@ def test_hf_to_hybrid_model_to_hf_is_byte_identical(worker, converted, work):
         a, b = read_safetensors(hf_dir), read_safetensors(again)
         assert sorted(a) == sorted(b), case
         for k in a:
-            assert _same(base, k, a[k], b[k]), (case, k)
+            assert same_tensor(base, k, a[k], b[k]), (case, k)
         for f in ("config.json", "generation_config.json"):
             assert json.loads((hf_dir / f).read_text()) == json.loads((again / f).read_text()), (case, f)
         # the written checkpoint has the HybridModel's own keys and tensors, as Megatron saved them
@@ -116,7 +117,7 @@ def test_hf_to_hybrid_model_to_hf_is_byte_identical(worker, converted, work):
         _, back_args, written = read_checkpoint(back)
         assert sorted(original) == sorted(written), case
         for k in original:
-            assert _same(base, k, original[k], written[k]), (case, k)
+            assert same_tensor(base, k, original[k], written[k]), (case, k)
         # and every other object Megatron saved (its linears' and output layer's _extra_state), which a
         # HybridModel needs to load; 0.19 keeps the common state in the torch_dist files, 0.16 in common.pt
         assert _stored_keys(back) == _stored_keys(worker["saved"][f"{case}/pp2"]["ckpt"]) - {"common_state/shard_0_1"}
@@ -128,7 +129,7 @@ def test_hf_to_hybrid_model_to_hf_is_byte_identical(worker, converted, work):
 def test_cli_hybrid_model_and_pattern_without_gpt_form(converted, work, capsys):
     hf_dir, _ = converted["hybrid_gatednorm/tp2"]
     out = work / "cli-hybrid"
-    assert _mgn("convert", "to-megatron", "--hf", hf_dir, "--out", out, "--pp", 2, "--hybrid-model") == 0
+    assert mgn("convert", "to-megatron", "--hf", hf_dir, "--out", out, "--pp", 2, "--hybrid-model") == 0
     assert "HybridModel 'GE|*-'" in capsys.readouterr().out
     common = torch.load(out / "iter_0000000" / "common.pt", weights_only=False)
     assert (common["args"].hybrid_layer_pattern, common["args"].num_layers) == ("GE|*-", 4)
@@ -139,5 +140,5 @@ def test_cli_hybrid_model_and_pattern_without_gpt_form(converted, work, capsys):
     torch.save(common, bad / "iter_0000000" / "common.pt")
     outs = work / "cli-err"
     outs.mkdir()
-    _expect_error(capsys, ("convert", "to-hf", "--load", bad, "--out", outs / "x", "--no-verify", "--no-progress"),
+    expect_one_line_error(capsys, ("convert", "to-hf", "--load", bad, "--out", outs / "x", "--no-verify", "--no-progress"),
                   "hybrid_layer_pattern='GG*-' has no GPT-hybrid form", leftovers_in=outs)

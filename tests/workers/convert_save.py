@@ -140,16 +140,24 @@ def save_all(out_dir):
             model = build(arch, **kw)
             model.eval()
             perturb(model)
-            path = os.path.join(out_dir, name, layout)
-            args = megatron_args(arch, tensor_model_parallel_size=kw.get("tp", 1),
-                                 pipeline_model_parallel_size=kw.get("pp", 1),
-                                 expert_model_parallel_size=kw.get("ep", 1))
-            save_checkpoint(path, 0, model, args)
-            logits = logits_of(model, toks, arch.shape.vocab_size)
-            results[f"{name}/{layout}"] = dict(ckpt=path, logits=logits.tolist())
-            if layout == GREEDY_LAYOUT:  # the other layouts' logits equal the same model's
-                results[f"{name}/{layout}"]["greedy"] = greedy(model, toks, arch.shape.vocab_size).tolist()
+            # the other layouts' logits equal the same model's: greedy decoding at one
+            results[f"{name}/{layout}"] = save_and_record(model, arch, os.path.join(out_dir, name, layout), kw, toks,
+                                                          with_greedy=layout == GREEDY_LAYOUT)
     return results
+
+
+def save_and_record(model, arch: Arch, path, layout: dict, toks, with_greedy: bool) -> dict:
+    """Save ``model`` at ``path`` with the args of ``layout`` (``tp``/``pp``/``ep``) and return what
+    the pytest side compares the conversion with: the checkpoint, Megatron's logits, the greedy tokens."""
+    args = megatron_args(arch, tensor_model_parallel_size=layout.get("tp", 1),
+                         pipeline_model_parallel_size=layout.get("pp", 1),
+                         expert_model_parallel_size=layout.get("ep", 1))
+    save_checkpoint(path, 0, model, args)
+    vocab = arch.shape.vocab_size
+    record = dict(ckpt=path, logits=logits_of(model, toks, vocab).tolist())
+    if with_greedy:
+        record["greedy"] = greedy(model, toks, vocab).tolist()
+    return record
 
 
 def load_all(pairs):

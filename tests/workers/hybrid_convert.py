@@ -15,9 +15,9 @@ import os
 
 import torch
 from _common import SEED, full_state, perturb as shared_perturb, write
-from convert_save import NEW, SEQ, case_arch as gpt_case_arch, greedy, logits_of, perturb, tokens
+from convert_save import GREEDY_LAYOUT, NEW, SEQ, case_arch as gpt_case_arch, logits_of, perturb, save_and_record, tokens
 
-from megatron_gatednorm.checkpoint import Arch, megatron_args, save_checkpoint
+from megatron_gatednorm.checkpoint import Arch
 from megatron_gatednorm.checkpoint.hybrid_keys import gpt_to_hybrid, hybrid_to_gpt
 from megatron_gatednorm.model_shape import hybrid_form
 from megatron_gatednorm.distributed import init_distributed
@@ -94,20 +94,15 @@ def equivalence():
     for name in CASES:
         arch = case_arch(name)
         pattern = arch.hybrid_layer_pattern
-        gpt, hybrid = build_gpt(arch), build_hybrid(arch)
-        shared_perturb(gpt)
-        before = logits_of(hybrid, toks, vocab)
-        n = _load_renamed(hybrid, _state(gpt), gpt_to_hybrid, pattern)
-        a, b = logits_of(gpt, toks, vocab), logits_of(hybrid, toks, vocab)
-        results[f"{name}/gpt->hybrid"] = dict(diff=float((a - b).abs().max()), scale=float(a.abs().max()),
-                                               changed=float((b - before).abs().max()), tensors=n)
-        gpt, hybrid = build_gpt(arch), build_hybrid(arch)
-        shared_perturb(hybrid)
-        before = logits_of(gpt, toks, vocab)
-        n = _load_renamed(gpt, _state(hybrid), hybrid_to_gpt, pattern)
-        a, b = logits_of(hybrid, toks, vocab), logits_of(gpt, toks, vocab)
-        results[f"{name}/hybrid->gpt"] = dict(diff=float((a - b).abs().max()), scale=float(a.abs().max()),
-                                               changed=float((b - before).abs().max()), tensors=n)
+        for direction, rename in (("gpt->hybrid", gpt_to_hybrid), ("hybrid->gpt", hybrid_to_gpt)):
+            gpt, hybrid = build_gpt(arch), build_hybrid(arch)
+            source, target = (gpt, hybrid) if direction == "gpt->hybrid" else (hybrid, gpt)
+            shared_perturb(source)
+            before = logits_of(target, toks, vocab)
+            n = _load_renamed(target, _state(source), rename, pattern)
+            a, b = logits_of(source, toks, vocab), logits_of(target, toks, vocab)
+            results[f"{name}/{direction}"] = dict(diff=float((a - b).abs().max()), scale=float(a.abs().max()),
+                                                  changed=float((b - before).abs().max()), tensors=n)
     return results
 
 
@@ -120,16 +115,9 @@ def save_all(out_dir):
             arch = case_arch(name, pp=kw.get("pp", 1))
             model = build_hybrid(arch)
             perturb(model)
-            path = os.path.join(out_dir, name, layout)
-            args = megatron_args(arch, tensor_model_parallel_size=kw.get("tp", 1),
-                                 pipeline_model_parallel_size=kw.get("pp", 1),
-                                 expert_model_parallel_size=kw.get("ep", 1))
-            save_checkpoint(path, 0, model, args)
-            vocab = arch.shape.vocab_size
-            r = results[f"{name}/{layout}"] = dict(ckpt=path, pattern=arch.hybrid_layer_pattern,
-                                                   logits=logits_of(model, toks, vocab).tolist())
-            if layout == "tp2":
-                r["greedy"] = greedy(model, toks, vocab).tolist()
+            record = save_and_record(model, arch, os.path.join(out_dir, name, layout), kw, toks,
+                                     with_greedy=layout == GREEDY_LAYOUT)
+            results[f"{name}/{layout}"] = dict(record, pattern=arch.hybrid_layer_pattern)
     return results
 
 
