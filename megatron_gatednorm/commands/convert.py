@@ -8,6 +8,7 @@ See ``megatron_gatednorm/convert/README.md``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "Convert Megatron distributed checkpoints to Hugging Face folders and back (CPU, offline)."
 
@@ -56,6 +57,7 @@ def run(args) -> int:
             args.load, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
             max_shard_size=args.max_shard_size, overwrite=args.overwrite,
             force_gatednorm=args.gatednorm_arch, progress=not args.no_progress, verify=not args.no_verify,
+            notes=lambda note: print(f"to-hf: {note}", file=sys.stderr),
         )
         print(f"wrote {args.out} ({name})")
     else:
@@ -64,7 +66,7 @@ def run(args) -> int:
         arch = convert_to_megatron(
             args.hf, args.out, tp=args.tp, pp=args.pp, ep=args.ep, overwrite=args.overwrite,
             vocab_size=args.vocab_size, tokenizer_type=args.tokenizer_type, verify=not args.no_verify,
-            hybrid_model=args.hybrid_model,
+            hybrid_model=args.hybrid_model, notes=lambda note: print(f"to-megatron: {note}", file=sys.stderr),
         )
         model = f"HybridModel {arch.hybrid_layer_pattern!r}, " if arch.hybrid_layer_pattern else ""
         print(f"wrote {args.out} ({model}norm variant {arch.norm_config.variant}; load with --finetune or --no-load-optim --no-load-rng)")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -72,6 +71,7 @@ def convert_to_hf(
     force_gatednorm: bool = False,
     progress: bool = True,
     verify: bool = True,
+    notes: Optional[Callable[[str], None]] = None,
 ) -> str:
     """Convert; returns the HF architecture name written to ``config.json``.
 
@@ -81,8 +81,9 @@ def convert_to_hf(
     and ``tokenizer`` must be valid. With ``verify`` the checkpoint's files are checked against
     its integrity manifest, if it has one. Without ``tokenizer`` the export gets the tokenizer
     the checkpoint's args name, if that folder is there (:func:`checkpoint_tokenizer`, checked
-    once the args are read, before anything is written), and one line on stderr says which
-    tokenizer it got. The export gets its own manifest."""
+    once the args are read, before anything is written), and ``notes`` (``mgn convert`` prints
+    to stderr) is called, once the export is there, with one line saying which tokenizer it got.
+    The export gets its own manifest."""
     from transformers import GenerationConfig
 
     from megatron_gatednorm.checkpoint.manifest import check_replaceable
@@ -128,6 +129,6 @@ def convert_to_hf(
             hf_io.copy_code(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
-    if note:  # once the export is there: a failed conversion says only why it failed
-        print(f"to-hf: {note}", file=sys.stderr)
+    if note and notes:  # once the export is there: a failed conversion says only why it failed
+        notes(note)
     return name

@@ -7,9 +7,8 @@ saved ``args`` (checked for divisibility here); Megatron loads the tensors at an
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from megatron_gatednorm.convert import hf_io
 from megatron_gatednorm.hybrid_pattern import PIPE, pattern_from_gpt_layers
@@ -85,12 +84,12 @@ def verify_hf(hf_dir) -> bool:
     return verify_manifest(folder, used)
 
 
-def read_hf(hf_dir, verify: bool = True) -> tuple:
+def read_hf(hf_dir, verify: bool = True, notes: Optional[Callable[[str], None]] = None) -> tuple:
     """``(arch, HF class name, {hf name: tensor})`` of an HF folder of a supported architecture.
 
     With ``verify`` the files are first checked against the folder's integrity manifest (if it
     has one). The tensors' names and shapes are checked against what config.json implies (all
-    disagreements in one message)."""
+    disagreements in one message). ``notes`` hears of tensors left out (Qwen3-Next's MTP head)."""
     folder = Path(hf_dir)
     cfg, arch = read_hf_config(folder)
     if verify:
@@ -100,9 +99,9 @@ def read_hf(hf_dir, verify: bool = True) -> tuple:
         # released Qwen3-Next folders carry a multi-token-prediction head that transformers'
         # class ignores too; the Megatron GPT model built here has none
         mtp = sorted(k for k in tensors if k.startswith("mtp."))
-        if mtp:
-            print(f"to-megatron: not converting {len(mtp)} tensors of Qwen3-Next's multi-token-prediction "
-                  f"head (mtp.*, e.g. {mtp[0]}): the Megatron model has no MTP layers", file=sys.stderr)
+        if mtp and notes:
+            notes(f"not converting {len(mtp)} tensors of Qwen3-Next's multi-token-prediction "
+                  f"head (mtp.*, e.g. {mtp[0]}): the Megatron model has no MTP layers")
             tensors = {k: v for k, v in tensors.items() if not k.startswith("mtp.")}
     hf_class = hf_io.hf_class_of(cfg)
     check_tensors_fit_config(folder, cfg, hf_class, tensors)
@@ -136,6 +135,7 @@ def convert_to_megatron(
     tokenizer_type: Optional[str] = None,
     verify: bool = True,
     hybrid_model: bool = False,
+    notes: Optional[Callable[[str], None]] = None,
 ) -> Arch:
     """Convert the HF folder ``hf_dir`` into a Megatron-LM checkpoint in ``out``.
 
@@ -147,7 +147,8 @@ def convert_to_megatron(
 
     With ``hybrid_model`` the checkpoint is megatron-core's ``HybridModel`` (>= 0.18) of the same
     weights: args with ``hybrid_layer_pattern`` (:func:`hybrid_model_pattern`) and ``num_layers``
-    = its layer count, keys renamed by :mod:`megatron_gatednorm.checkpoint.hybrid_keys`."""
+    = its layer count, keys renamed by :mod:`megatron_gatednorm.checkpoint.hybrid_keys`.
+    ``notes`` hears of HF tensors not converted (``mgn convert`` prints them to stderr)."""
     from megatron_gatednorm.checkpoint.manifest import check_replaceable
 
     out = Path(out)
@@ -160,7 +161,7 @@ def convert_to_megatron(
         raise ValueError(f"invalid --vocab-size={vocab_size}: expected a positive number")
     _, arch = read_hf_config(hf_dir)
     check_layout(arch, tp, pp, ep)
-    arch, hf_class, tensors = read_hf(hf_dir, verify=verify)
+    arch, hf_class, tensors = read_hf(hf_dir, verify=verify, notes=notes)
     arch = arch.replace(dtype=next(iter(tensors.values())).dtype)
     if hybrid_model:
         arch = arch.replace(hybrid_layer_pattern=hybrid_model_pattern(arch, pp))
