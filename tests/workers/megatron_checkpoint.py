@@ -73,6 +73,10 @@ def main():
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(dict(logits=logits.tolist(), iteration=iteration, tokens=tokens.tolist(), tp=tp), f)
+    # every rank leaves together with gloo's threads joined (a CI run once saw rank 1 abort in
+    # interpreter teardown: "terminate called without an active exception")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # the checkpoint writer's helper processes re-import this module
