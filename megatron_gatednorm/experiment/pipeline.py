@@ -55,6 +55,8 @@ class VariantRun:
     """The Hugging Face folder it was converted to."""
     outliers: dict
     """The outlier report (:func:`~megatron_gatednorm.analysis.outlier_report.outlier_report`)."""
+    reports: Path
+    """The run's report folder (``outliers.json``, the figures)."""
 
 
 def ensure_data(data: Path, spec, progress: Progress) -> int:
@@ -98,7 +100,7 @@ def train_and_analyse(out: Path, spec, name: str, data: Path, seed: int,
     outliers = outlier_report(hf_dir, data / "heldout_text_document", report_dir, seq_length=spec.seq_length,
                               num_sequences=spec.eval_windows, title=run)
     progress.outliers_written(run, outliers, report_dir)
-    return VariantRun(train=summary, hf=hf_dir, outliers=outliers)
+    return VariantRun(train=summary, hf=hf_dir, outliers=outliers, reports=report_dir)
 
 
 def _require_cuda(size_name: str) -> None:
@@ -119,7 +121,7 @@ def run_experiment(out: Path, size: Union[str, "ExperimentSize"], variants: Sequ
     :data:`~.variants.VARIANTS`), each with the ``seeds`` seeds ``seed, seed + 1, ...`` (default:
     the size's), in the folder ``out``. Unknown names and ``seeds < 1`` raise ``ValueError``
     before anything runs. ``progress`` hears of each step's result."""
-    from megatron_gatednorm.experiment.report import results_table, write_results
+    from megatron_gatednorm.experiment.report import results_table, summarize, write_results
     from megatron_gatednorm.experiment.sizes import experiment_size
     from megatron_gatednorm.experiment.variants import check_variants
     from megatron_gatednorm.quant.evaluate import evaluate_checkpoint
@@ -142,9 +144,10 @@ def run_experiment(out: Path, size: Union[str, "ExperimentSize"], variants: Sequ
             run = train_and_analyse(out, spec, name, data, s, progress)
             quant = evaluate_checkpoint(run.hf, data / "heldout_text_document", ["nvfp4", "nvfp4+sq"],
                                         seq_length=spec.seq_length, num_sequences=spec.eval_windows, calib_sequences=4,
-                                        json_path=out / "reports" / run_name(name, s) / "quant.json")
+                                        json_path=run.reports / "quant.json")
             progress.quant_evaluated(run_name(name, s), quant)
             results[name][str(s)] = dict(train=run.train, outliers=run.outliers, quant=quant)
-    table = results_table(size_name, spec, results, out, time.time() - t0)
-    write_results(out, table, results)
+    summary = summarize(results)
+    table = results_table(size_name, spec, results, summary, out, time.time() - t0)
+    write_results(out, table, results, summary)
     return ExperimentResults(results=results, table=table)

@@ -68,11 +68,11 @@ def _cell(spread: dict, fmt: str) -> str:
     return f"{spread['mean']:{fmt}} ± {spread['std']:{fmt.lstrip('+')}}"
 
 
-def results_table(size_name: str, size: ExperimentSize, results: Dict[str, Dict[str, dict]], out: Path,
-                  wall_s: float) -> List[str]:
+def results_table(size_name: str, size: ExperimentSize, results: Dict[str, Dict[str, dict]], summary: dict,
+                  out: Path, wall_s: float) -> List[str]:
     """The lines of ``results.md``: the setup, one row per variant (figures over its seeds), the
-    differences from the baseline with their seed noise, where the figures are and the wall time."""
-    summary = summarize(results)
+    differences from the baseline with their seed noise (``summary``: :func:`summarize` of
+    ``results``), where the figures are and the wall time."""
     seeds = sorted({int(s) for runs in results.values() for s in runs})
     seq, gbs, iters = size.seq_length, size.global_batch_size, size.train_iters
     lines = [
@@ -109,8 +109,9 @@ def results_table(size_name: str, size: ExperimentSize, results: Dict[str, Dict[
         for name, diffs in summary["vs_baseline"].items():
             cells = []
             for key, (_, fmt, _) in FIGURES.items():
-                d = diffs[key]
-                text = f"{d['mean']:+{fmt.lstrip('+')}} [{d['interval'][0]:+{fmt.lstrip('+')}}, {d['interval'][1]:+{fmt.lstrip('+')}}]"
+                d, signed = diffs[key], "+" + fmt.lstrip("+")
+                lo, hi = d["interval"]
+                text = f"{d['mean']:{signed}} [{lo:{signed}}, {hi:{signed}}]"
                 cells.append(f"**{text}**" if d["exceeds_noise"] else text)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     elif len(seeds) < 2:
@@ -121,9 +122,9 @@ def results_table(size_name: str, size: ExperimentSize, results: Dict[str, Dict[
     return lines
 
 
-def write_results(out: Path, lines: List[str], results: Dict[str, Dict[str, dict]]) -> None:
+def write_results(out: Path, lines: List[str], results: Dict[str, Dict[str, dict]], summary: dict) -> None:
     """``out/results.md`` (the table's ``lines``) and ``out/results.json`` (``runs``: ``results``;
-    ``summary``: :func:`summarize`)."""
+    ``summary``: their :func:`summarize`)."""
     out = Path(out)
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(dict(runs=results, summary=summarize(results)), indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(dict(runs=results, summary=summary), indent=1, default=str))

@@ -66,8 +66,9 @@ SIZES = {
     "base": ExperimentSize(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2,
                            ffn_hidden_size=352, seq_length=128, micro_batch_size=8, global_batch_size=16,
                            train_iters=300, lr=3e-3, eval_windows=16, vocab_size=4096, max_works=0, gpu=False, seeds=1),
-    # For one GPU (benchmarks/gpu_experiment.sh): one micro-batch of 64 a step (kernel launches, not
-    # FLOPs, bound a model this small); the analysis runs on the CPU, hence 32 windows. Not yet run.
+    # For one GPU (benchmarks/gpu_experiment.sh): one micro-batch of 64 a step (fewer kernel
+    # launches a step for a model this small); the analysis runs on the CPU, hence 32 windows. Not
+    # yet run on a GPU: its time is unmeasured.
     "gpu": ExperimentSize(num_layers=8, hidden_size=512, num_attention_heads=8, num_query_groups=2,
                           ffn_hidden_size=1376, seq_length=256, micro_batch_size=64, global_batch_size=64,
                           train_iters=1500, lr=2e-3, eval_windows=32, vocab_size=8192, max_works=0, gpu=True, seeds=1),
